@@ -1,0 +1,48 @@
+"""PKCS#11 key store: CA private keys that never leave the token.
+
+Depends on nothing else of idmint's but the root of the error tree.
+"""
+
+from hsm.config import HSMConfig, Pin, read_pin
+from hsm.errors import (
+    HSMError,
+    KeyExists,
+    KeyNotFound,
+    ModuleNotFound,
+    PinError,
+    SessionLost,
+    SigningFailed,
+    TokenNotFound,
+    UnsupportedMechanism,
+)
+from hsm.keys import (
+    HSMEd25519PrivateKey,
+    HSMEllipticCurvePrivateKey,
+    HSMPrivateKey,
+    HSMRSAPrivateKey,
+)
+from hsm.keystore import KeyInfo, KeyStore, open_keystore
+from hsm.keytypes import KeyType
+
+__all__ = [
+    "HSMConfig",
+    "HSMEd25519PrivateKey",
+    "HSMEllipticCurvePrivateKey",
+    "HSMError",
+    "HSMPrivateKey",
+    "HSMRSAPrivateKey",
+    "KeyExists",
+    "KeyInfo",
+    "KeyNotFound",
+    "KeyStore",
+    "KeyType",
+    "ModuleNotFound",
+    "Pin",
+    "PinError",
+    "SessionLost",
+    "SigningFailed",
+    "TokenNotFound",
+    "UnsupportedMechanism",
+    "open_keystore",
+    "read_pin",
+]
