@@ -217,16 +217,20 @@ def _pss_salt_length(pss: padding.PSS, key_size: int, algorithm: hashes.HashAlgo
     return algorithm.digest_size
 
 
+AnyHSMKey = HSMEllipticCurvePrivateKey | HSMRSAPrivateKey | HSMEd25519PrivateKey
+
+_CLASSES: dict[str, type[AnyHSMKey]] = {
+    "ec": HSMEllipticCurvePrivateKey,
+    "rsa": HSMRSAPrivateKey,
+    "ed25519": HSMEd25519PrivateKey,
+}
+
+
 def make_private_key(
     store: KeyStore, key_id: bytes, key_type: KeyType, public: PublicKey
-) -> HSMEllipticCurvePrivateKey | HSMRSAPrivateKey | HSMEd25519PrivateKey:
+) -> AnyHSMKey:
     """Wrap key ``key_id`` of ``store`` in the cryptography class of its type."""
-    cls: type[HSMEllipticCurvePrivateKey | HSMRSAPrivateKey | HSMEd25519PrivateKey]
-    cls = {
-        "ec": HSMEllipticCurvePrivateKey,
-        "rsa": HSMRSAPrivateKey,
-        "ed25519": HSMEd25519PrivateKey,
-    }[key_type.family]
+    cls = _CLASSES[key_type.family]
     key = cls.__new__(cls)
     key._bind(store, key_id, key_type, public)
     return key

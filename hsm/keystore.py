@@ -43,7 +43,7 @@ from hsm.pool import SESSION_LOST_ERRORS, PooledSession, SessionPool
 from hsm.uri import PKCS11URI
 
 if TYPE_CHECKING:
-    from hsm.keys import HSMPrivateKey
+    from hsm.keys import AnyHSMKey
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
@@ -51,6 +51,15 @@ _GENERATE_MECHANISM = {
     "ec": Mechanism.EC_KEY_PAIR_GEN,
     "rsa": Mechanism.RSA_PKCS_KEY_PAIR_GEN,
     "ed25519": Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+}
+_SIGN_MECHANISMS = {
+    "ec": frozenset({"ECDSA", "ECDSA_SHA256", "ECDSA_SHA384", "ECDSA_SHA512"}),
+    "rsa": frozenset(
+        {"RSA_PKCS", "RSA_PKCS_PSS"}
+        | {f"SHA{n}_RSA_PKCS" for n in (256, 384, 512)}
+        | {f"SHA{n}_RSA_PKCS_PSS" for n in (256, 384, 512)}
+    ),
+    "ed25519": frozenset({"EDDSA"}),
 }
 _SECURITY_ATTRIBUTES = (
     Attribute.TOKEN,
@@ -202,8 +211,22 @@ class KeyStore:
                     "the token does not support this mechanism for this key", **context
                 ) from None
             except p11.PKCS11Error as exc:
+                # Tokens differ in how they refuse a mechanism (SoftHSM says
+                # CKR_GENERAL_ERROR for ECDSA with an RSA key), so explain it here.
+                self._explain_refusal(key_id, mechanism, context)
                 raise SigningFailed(f"signing failed: {type(exc).__name__}", **context) from None
         raise AssertionError("unreachable")
+
+    def _explain_refusal(
+        self, key_id: bytes, mechanism: Mechanism, context: dict[str, str]
+    ) -> None:
+        key_type = self._public_key(key_id)[0]
+        if mechanism.name not in _SIGN_MECHANISMS[key_type.family]:
+            raise UnsupportedMechanism(
+                f"a {key_type.value} key cannot sign with {mechanism.name}", **context
+            )
+        if mechanism not in self.mechanisms():
+            raise UnsupportedMechanism("the token does not offer this mechanism", **context)
 
     def _sign_once(
         self, key_id: bytes, data: bytes, mechanism: Mechanism, mechanism_param: Any
@@ -228,18 +251,22 @@ class KeyStore:
     def _key_on(self, pooled: PooledSession, key_id: bytes) -> Any:
         key = pooled.keys.get(key_id)
         if key is None:
-            try:
-                key = pooled.session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=key_id)
-            except p11.NoSuchKey:
-                raise KeyNotFound(
-                    f"no private key with CKA_ID {key_id.hex()}", token=self.token_label
-                ) from None
+            for attempt in (1, 2):
+                try:
+                    key = _find_one(pooled.session, ObjectClass.PRIVATE_KEY, key_id)
+                    break
+                except p11.NoSuchKey:
+                    if attempt == 2:
+                        raise KeyNotFound(
+                            f"no private key with CKA_ID {key_id.hex()}", token=self.token_label
+                        ) from None
+                    self._pool.ensure_login(pooled)
             pooled.keys[key_id] = key
         return key
 
     # -- key management ----------------------------------------------------
 
-    def generate(self, key_type: KeyType, label: str) -> HSMPrivateKey:
+    def generate(self, key_type: KeyType, label: str) -> AnyHSMKey:
         """Generate a non-extractable key pair on the token and return its private key."""
         if not label:
             raise ValueError("a key needs a non-empty label")
@@ -325,7 +352,11 @@ class KeyStore:
                 attrs[Attribute.LABEL] = label
             if key_id is not None:
                 attrs[Attribute.ID] = key_id
-            return [obj[Attribute.ID] for obj in pooled.session.get_objects(attrs)]
+            found = [obj[Attribute.ID] for obj in pooled.session.get_objects(attrs)]
+            if not found:
+                self._pool.ensure_login(pooled)
+                found = [obj[Attribute.ID] for obj in pooled.session.get_objects(attrs)]
+            return found
 
         found = self._run("key lookup", label, find)
         described = label if label is not None else (key_id or b"").hex()
@@ -340,7 +371,7 @@ class KeyStore:
 
     def get(
         self, label: str | None = None, *, key_id: bytes | None = None, uri: str | None = None
-    ) -> HSMPrivateKey:
+    ) -> AnyHSMKey:
         """The private key by label, CKA_ID or RFC 7512 URI, as a cryptography key."""
         from hsm.keys import make_private_key
 
@@ -355,7 +386,7 @@ class KeyStore:
 
         def read(pooled: PooledSession) -> tuple[KeyType, PublicKey]:
             try:
-                public = pooled.session.get_key(object_class=ObjectClass.PUBLIC_KEY, id=key_id)
+                public = _find_one(pooled.session, ObjectClass.PUBLIC_KEY, key_id)
             except p11.NoSuchKey:
                 raise KeyNotFound(
                     f"the public half of key {key_id.hex()} is missing", token=self.token_label
@@ -436,6 +467,17 @@ class KeyStore:
 def open_keystore(config: HSMConfig, pin: Pin | None = None) -> KeyStore:
     """Open the token ``config`` names; the PIN comes from env or PIN file."""
     return KeyStore(config, pin)
+
+
+def _find_one(session: Any, object_class: ObjectClass, key_id: bytes) -> Any:
+    # Not Session.get_key: it stops its search iterator half way, leaving a
+    # C_FindObjects operation whose finaliser later fails on a dead session.
+    found = list(session.get_objects({Attribute.CLASS: object_class, Attribute.ID: key_id}))
+    if not found:
+        raise p11.NoSuchKey(f"no object with CKA_ID {key_id.hex()}")
+    if len(found) > 1:
+        raise KeyNotFound(f"{len(found)} objects share CKA_ID {key_id.hex()}")
+    return found[0]
 
 
 def _token_field(token: Any, name: str) -> str:

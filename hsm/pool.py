@@ -107,6 +107,19 @@ class SessionPool:
             raise SessionLost(f"cannot log in: {exc}", token=self._label) from None
         return PooledSession(session, self._generation)
 
+    def ensure_login(self, pooled: PooledSession) -> None:
+        """Log in again if the token forgot us (a no-op while logged in).
+
+        A logged-out session does not fail a search for private objects, it
+        finds nothing; so before reporting a key missing we make sure the
+        search ran logged in.
+        """
+        try:
+            _cryptoki.login(self._module.path, pooled.session.handle, self._pin.reveal())
+        except _cryptoki.CryptokiError as exc:
+            raise SessionLost(f"cannot log in again: {exc}", token=self._label) from None
+        pooled.keys.clear()
+
     def acquire(self) -> PooledSession:
         """Borrow a session; blocks while ``max_sessions`` are in use."""
         if self._closed:

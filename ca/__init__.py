@@ -1,0 +1,1 @@
+"""Trust domain, authorities and SVID issuance."""

@@ -1,0 +1,1 @@
+"""The ``idmint`` command line (click)."""

@@ -1,0 +1,46 @@
+"""Entry point: the ``idmint`` group and its error handling.
+
+Every :class:`~idmint.errors.IdmintError` becomes one line on stderr naming
+the problem and exit status 1; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli.bundle_commands import bundle
+from cli.hsm_commands import hsm
+from cli.init_command import init
+from idmint import __version__
+from idmint.errors import IdmintError
+
+
+class IdmintGroup(click.Group):
+    """A group that turns idmint errors into clean messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IdmintError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=IdmintGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="idmint")
+def cli() -> None:
+    """idmint: short-lived workload identity (SPIFFE) with CA keys in PKCS#11."""
+
+
+cli.add_command(init)
+cli.add_command(bundle)
+cli.add_command(hsm)
+
+
+def main() -> None:
+    cli(prog_name="idmint")
+
+
+if __name__ == "__main__":
+    main()

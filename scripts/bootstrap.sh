@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what idmint needs on a Debian-like machine, then a virtualenv in .venv.
+#   scripts/bootstrap.sh          runtime: softhsm2, opensc, the package
+#   scripts/bootstrap.sh --test   also PostgreSQL and the test extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+packages=(softhsm2 opensc openssl)
+((want_test)) && packages+=(postgresql)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null; then
+        echo "idmint: please install ${missing[*]} with your package manager" >&2
+        exit 1
+    fi
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    echo "idmint: installing ${missing[*]} (apt-get)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=""
+for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null \
+        && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        python="$candidate"
+        break
+    fi
+done
+if [[ -z "$python" ]]; then
+    echo "idmint: Python 3.11 or newer is required" >&2
+    exit 1
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+extras=""
+((want_test)) && extras="[test,postgres]"
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"

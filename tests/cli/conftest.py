@@ -1,0 +1,38 @@
+"""Run the real ``idmint`` command in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "idmint"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+
+
+@pytest.fixture
+def idmint(monkeypatch: pytest.MonkeyPatch) -> Runner:
+    """``idmint(*args, env={...})`` -> CompletedProcess with text output."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
+        environment.pop("SOFTHSM2_CONF", None)
+        environment.update(env or {})
+        return subprocess.run(
+            [*_command(), *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+            check=False,
+        )
+
+    return run
