@@ -40,6 +40,16 @@ class CAConfig:
     hsm: HSMConfig
     root_key_type: str = "ec-p256"
     root_lifetime_days: int = 365
+    intermediate_key_type: str = "ec-p256"
+    intermediate_lifetime_hours: int = 24
+    jwt_algorithm: str = "ES256"
+    jwt_lifetime_hours: int = 24
+    #: ``iss`` of JWT-SVIDs and the base of the OIDC discovery document.
+    issuer_url: str = "https://127.0.0.1:8443"
+    #: How long issuers may serve entries and authorities from memory.
+    cache_seconds: float = 1.0
+    crl_url: str | None = None
+    ocsp_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -138,6 +148,14 @@ def load(data_dir: str | Path) -> CAConfig:
         hsm=hsm_config,
         root_key_type=str(ca.get("root_key_type", "ec-p256")),
         root_lifetime_days=_int(ca, "root_lifetime_days", 365, str(path)),
+        intermediate_key_type=str(ca.get("intermediate_key_type", "ec-p256")),
+        intermediate_lifetime_hours=_int(ca, "intermediate_lifetime_hours", 24, str(path)),
+        jwt_algorithm=str(ca.get("jwt_algorithm", "ES256")),
+        jwt_lifetime_hours=_int(ca, "jwt_lifetime_hours", 24, str(path)),
+        issuer_url=str(ca.get("issuer_url", "https://127.0.0.1:8443")),
+        cache_seconds=float(ca.get("cache_seconds", 1.0)),
+        crl_url=ca.get("crl_url"),
+        ocsp_url=ca.get("ocsp_url"),
         extra={k: v for k, v in sections.items() if k not in ("ca", "hsm", "database")},
     )
 

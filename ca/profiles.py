@@ -90,3 +90,53 @@ def root_certificate(
             critical=False,
         )
     )
+
+
+def intermediate_certificate(
+    public_key: IssuerPublicKey,
+    issuer: x509.Certificate,
+    trust_domain: str,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """An issuing CA under ``issuer``: CA with pathLen 0, keyCertSign+cRLSign critical.
+
+    ``not_after`` is capped at the issuer's own expiry: no certificate
+    outlives the one that signed it.
+    """
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(ca_name(trust_domain, "intermediate CA"))
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(not_before - CLOCK_SKEW)
+        .not_valid_after(min(not_after, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+            ),
+            critical=False,
+        )
+    )

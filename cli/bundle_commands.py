@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ca.bundle import bundle_pem
-from ca.config import load, resolve_data_dir
-from ca.storage.db import Database
+from ca.bundle import load_bundle
+from cli.context import data_directory
 from cli.options import data_dir_option
+from cli.output import emit_json
 
 
 @click.group()
@@ -17,12 +17,14 @@ def bundle() -> None:
 
 @bundle.command("show")
 @data_dir_option
-@click.option("--format", "fmt", type=click.Choice(["pem"]), default="pem", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["pem", "jwks"]), default="pem", show_default=True
+)
 def show(data_dir: str | None, fmt: str) -> None:
-    """Print the bundle (the roots workloads should trust)."""
-    config = load(resolve_data_dir(data_dir))
-    database = Database(config.database_url)
-    try:
-        click.echo(bundle_pem(database), nl=False)
-    finally:
-        database.close()
+    """Print the bundle: PEM roots, or the SPIFFE bundle JWKS (roots and JWT keys)."""
+    with data_directory(data_dir) as (config, database):
+        bundle = load_bundle(database, config.trust_domain)
+    if fmt == "jwks":
+        emit_json(bundle.jwks())
+    else:
+        click.echo(bundle.pem(), nl=False)

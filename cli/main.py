@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from cli.audit_commands import audit
 from cli.bundle_commands import bundle
+from cli.entry_commands import entry
 from cli.hsm_commands import hsm
 from cli.init_command import init
 from idmint import __version__
@@ -35,6 +37,8 @@ def cli() -> None:
 
 cli.add_command(init)
 cli.add_command(bundle)
+cli.add_command(entry)
+cli.add_command(audit)
 cli.add_command(hsm)
 
 

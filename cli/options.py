@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import click
 
 data_dir_option = click.option(
@@ -11,3 +13,55 @@ data_dir_option = click.option(
     type=click.Path(file_okay=False, path_type=str),
     help="The data directory (or IDMINT_DATA_DIR).",
 )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """``30s``, ``10m``, ``1h``, ``90d`` -> timedelta."""
+
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        number, unit = text[:-1], text[-1:]
+        if unit not in _UNITS or not number.isdigit() or int(number) <= 0:
+            self.fail(f"{value!r} is not a duration like 30s, 10m, 1h or 90d", param, ctx)
+        return timedelta(seconds=int(number) * _UNITS[unit])
+
+
+class Moment(click.ParamType):
+    """An ISO 8601 time with zone (``2027-01-01T00:00:00Z``) or a duration from now (``90d``)."""
+
+    name = "time"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if text and text[-1:].lower() in _UNITS and text[:-1].isdigit():
+            return datetime.now(UTC) + Duration().convert(text, param, ctx)
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO 8601 time (2027-01-01T00:00:00Z) or 90d", param, ctx
+            )
+        if moment.tzinfo is None:
+            self.fail(f"{value!r} has no time zone; add Z for UTC", param, ctx)
+        return moment
+
+
+def cli_actor() -> str:
+    """Who runs this command, for the audit log: the local user and host."""
+    import getpass
+    import socket
+
+    return f"cli:{getpass.getuser()}@{socket.gethostname()}"

@@ -11,12 +11,19 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from ca.spiffe_id import TrustDomain
+from ca.storage.db import Database
 from hsm import KeyStore
 from hsm.config import SOFTHSM_PATHS
 from hsm.softhsm import SoftHSMToken, create_token
+
+if TYPE_CHECKING:
+    from ca.entries import EntryStore
+    from ca.issuer import Issuer
 
 SOFTHSM_AVAILABLE = any(Path(p).is_file() for p in SOFTHSM_PATHS)
 
@@ -56,3 +63,78 @@ def keystore(token: SoftHSMToken, monkeypatch: pytest.MonkeyPatch) -> Iterator[K
 def no_pin_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("IDMINT_HSM_PIN", raising=False)
     assert "IDMINT_HSM_PIN" not in os.environ
+
+
+# -- databases: every storage test runs on SQLite and on PostgreSQL ----------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    from tests.pg import postgres_server
+
+    try:
+        with postgres_server() as server:
+            yield server
+    except RuntimeError as exc:  # not installed: say so, loudly
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: SQLite in a temp dir, then a fresh PostgreSQL database."""
+    from ca.storage.db import migrate
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'idmint.db'}"
+        migrate(url)
+        yield url
+        return
+    from tests.pg import fresh_database
+
+    server = request.getfixturevalue("pg_server")
+    with fresh_database(server) as url:
+        migrate(url)
+        yield url
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.close()
+
+
+TRUST_DOMAIN = "example.org"
+
+
+@pytest.fixture
+def trust_domain() -> TrustDomain:
+    return TrustDomain(TRUST_DOMAIN)
+
+
+@pytest.fixture
+def authorities(keystore: KeyStore, database: Database) -> None:
+    """An active root, intermediate and JWT authority."""
+    from ca.authority import create_root, ensure_authorities
+
+    create_root(keystore, database, TRUST_DOMAIN)
+    ensure_authorities(keystore, database, TRUST_DOMAIN)
+
+
+@pytest.fixture
+def issuer(
+    keystore: KeyStore, database: Database, authorities: None, trust_domain: TrustDomain
+) -> Iterator[Issuer]:
+    """An issuer with no caching, so tests see their own changes at once."""
+    from ca.issuer import Issuer
+
+    made = Issuer(keystore, database, trust_domain, "https://idmint.test", cache_seconds=0)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def entries(database: Database, trust_domain: TrustDomain) -> EntryStore:
+    from ca.entries import EntryStore
+
+    return EntryStore(database, trust_domain)

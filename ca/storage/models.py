@@ -6,7 +6,20 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Enum, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -88,4 +101,106 @@ class Authority(Base):
     not_before: Mapped[datetime] = mapped_column(UTCDateTime())
     not_after: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CredentialKind(enum.StrEnum):
+    """The two SVID types."""
+
+    X509 = "x509"
+    JWT = "jwt"
+
+
+class Entry(Base):
+    """A registration entry: all of these selectors -> this SPIFFE ID, with policy."""
+
+    __tablename__ = "entries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    spiffe_id: Mapped[str] = mapped_column(String(2048), index=True)
+    #: Sorted, de-duplicated ``type:name:value`` strings.
+    selectors: Mapped[list[str]] = mapped_column(JSON)
+    x509_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    jwt_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    audiences: Mapped[list[str]] = mapped_column(JSON)
+    dns_names: Mapped[list[str]] = mapped_column(JSON)
+    owner: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IssuedCredential(Base):
+    """One SVID the CA signed: enough to revoke it and to know what is outstanding."""
+
+    __tablename__ = "issued_credentials"
+    __table_args__ = (UniqueConstraint("kind", "identifier"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[CredentialKind] = mapped_column(_enum(CredentialKind))
+    #: Hex serial number of an X509-SVID, or the jti of a JWT-SVID.
+    identifier: Mapped[str] = mapped_column(String(64))
+    spiffe_id: Mapped[str] = mapped_column(String(2048))
+    entry_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), index=True)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Revocation(Base):
+    """A revoked credential, kept until it would have expired anyway."""
+
+    __tablename__ = "revocations"
+    __table_args__ = (UniqueConstraint("kind", "identifier"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[CredentialKind] = mapped_column(_enum(CredentialKind))
+    identifier: Mapped[str] = mapped_column(String(64))
+    authority_id: Mapped[int | None] = mapped_column(ForeignKey("authorities.id"))
+    reason: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class AuditEvent(Base):
+    """An append-only, hash-chained audit record (see ca.audit)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(2048))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(2048))
+    outcome: Mapped[str] = mapped_column(String(16))
+    #: Canonical JSON (sorted keys) so the hash is reproducible on any database.
+    detail: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditHead(Base):
+    """One row: the newest sequence number and hash of the audit chain.
+
+    Appenders lock this row first (an UPDATE), which serialises appends from
+    every process and replica on both SQLite and PostgreSQL, and lets
+    ``audit verify`` notice rows cut off the end of the chain.
+    """
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class BundleState(Base):
+    """One row: the SPIFFE bundle sequence number, raised on every change."""
+
+    __tablename__ = "bundle_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,345 @@
+"""Registration entries: which selectors earn which SPIFFE ID, under what policy.
+
+An entry matches a workload when every one of the entry's selectors is among
+the workload's verified selectors. Owner and expiry are required on every
+entry, so no identity is anonymous or eternal. Disabled and expired entries
+issue nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ca import audit
+from ca.errors import CAError
+from ca.spiffe_id import SpiffeID, TrustDomain
+from ca.storage.db import Database
+from ca.storage.models import Entry
+
+X509_TTL_DEFAULT = timedelta(minutes=10)
+X509_TTL_RANGE = (timedelta(minutes=1), timedelta(minutes=60))
+JWT_TTL_DEFAULT = timedelta(minutes=5)
+JWT_TTL_RANGE = (timedelta(minutes=1), timedelta(minutes=15))
+
+# type:value, where the value may itself contain colons (oidc:github:ref:refs/heads/main).
+_SELECTOR = re.compile(r"^[a-z][a-z0-9_]*:[^\s]+$")
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class InvalidEntry(CAError):
+    """A registration entry's fields are invalid."""
+
+    code = "invalid-entry"
+
+
+class EntryNotFound(CAError):
+    """No entry has this id."""
+
+    code = "entry-not-found"
+
+
+class NoMatchingEntry(CAError):
+    """The workload's selectors match no usable entry."""
+
+    code = "no-matching-entry"
+
+
+class AmbiguousEntry(CAError):
+    """Several SPIFFE IDs match and the request did not say which one."""
+
+    code = "ambiguous-entry"
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """The fields an admin sets on an entry (validated by :func:`validate`)."""
+
+    spiffe_id: str
+    selectors: Sequence[str]
+    owner: str
+    expires_at: datetime
+    x509_ttl: timedelta = X509_TTL_DEFAULT
+    jwt_ttl: timedelta = JWT_TTL_DEFAULT
+    audiences: Sequence[str] = field(default_factory=tuple)
+    dns_names: Sequence[str] = field(default_factory=tuple)
+    admin: bool = False
+    disabled: bool = False
+
+
+def _check_ttl(name: str, ttl: timedelta, bounds: tuple[timedelta, timedelta]) -> None:
+    low, high = bounds
+    if not low <= ttl <= high:
+        raise InvalidEntry(
+            f"{name} {int(ttl.total_seconds())}s is outside {int(low.total_seconds())}-"
+            f"{int(high.total_seconds())}s"
+        )
+
+
+def normalise_selectors(selectors: Iterable[str]) -> list[str]:
+    """Sorted, de-duplicated selectors; raise naming a malformed one."""
+    result = set()
+    for selector in selectors:
+        if not isinstance(selector, str) or not _SELECTOR.match(selector):
+            raise InvalidEntry(
+                f"selector {selector!r} is not 'type:value' (e.g. unix:uid:1000, k8s:ns:prod)"
+            )
+        result.add(selector)
+    if not result:
+        raise InvalidEntry("an entry needs at least one selector")
+    return sorted(result)
+
+
+def check_dns_name(name: str) -> str:
+    """A lowercase DNS name of letter-digit-hyphen labels (no wildcards)."""
+    if not isinstance(name, str) or len(name) > 253 or not name:
+        raise InvalidEntry(f"DNS name {name!r} is empty or longer than 253 characters")
+    labels = name.split(".")
+    if not all(_DNS_LABEL.match(label) for label in labels):
+        raise InvalidEntry(
+            f"DNS name {name!r} is not valid: lowercase letters, digits and '-' in dot-separated "
+            "labels (wildcards are not issued)"
+        )
+    return name
+
+
+def validate(spec: EntrySpec, trust_domain: TrustDomain, now: datetime) -> EntrySpec:
+    """Check every field; return the spec with selectors normalised."""
+    spiffe_id = SpiffeID.parse(spec.spiffe_id)
+    if not spiffe_id.member_of(trust_domain):
+        raise InvalidEntry(
+            f"SPIFFE ID {spec.spiffe_id} is not in this trust domain ({trust_domain.name})"
+        )
+    if not spiffe_id.path:
+        raise InvalidEntry("a workload SPIFFE ID needs a path (spiffe://TD/...)")
+    if not spec.owner or not spec.owner.strip():
+        raise InvalidEntry("an entry needs an owner (a team, person or service responsible)")
+    if spec.expires_at.tzinfo is None:
+        raise InvalidEntry("expires_at needs a time zone (use UTC, e.g. 2027-01-01T00:00:00Z)")
+    if spec.expires_at <= now:
+        raise InvalidEntry(f"expires_at {spec.expires_at.isoformat()} is not in the future")
+    _check_ttl("x509 TTL", spec.x509_ttl, X509_TTL_RANGE)
+    _check_ttl("JWT TTL", spec.jwt_ttl, JWT_TTL_RANGE)
+    for audience in spec.audiences:
+        if not isinstance(audience, str) or not audience.strip():
+            raise InvalidEntry(f"audience {audience!r} is empty")
+    dns_names = [check_dns_name(name) for name in spec.dns_names]
+    return EntrySpec(
+        spiffe_id=str(spiffe_id),
+        selectors=normalise_selectors(spec.selectors),
+        owner=spec.owner.strip(),
+        expires_at=spec.expires_at.astimezone(UTC),
+        x509_ttl=spec.x509_ttl,
+        jwt_ttl=spec.jwt_ttl,
+        audiences=list(dict.fromkeys(spec.audiences)),
+        dns_names=list(dict.fromkeys(dns_names)),
+        admin=spec.admin,
+        disabled=spec.disabled,
+    )
+
+
+@dataclass(frozen=True)
+class EntryView:
+    """An entry as callers see it (never the ORM object)."""
+
+    id: str
+    spiffe_id: str
+    selectors: tuple[str, ...]
+    owner: str
+    expires_at: datetime
+    x509_ttl_seconds: int
+    jwt_ttl_seconds: int
+    audiences: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    admin: bool
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Entry) -> EntryView:
+        return cls(
+            id=row.id,
+            spiffe_id=row.spiffe_id,
+            selectors=tuple(row.selectors),
+            owner=row.owner,
+            expires_at=row.expires_at,
+            x509_ttl_seconds=row.x509_ttl_seconds,
+            jwt_ttl_seconds=row.jwt_ttl_seconds,
+            audiences=tuple(row.audiences),
+            dns_names=tuple(row.dns_names),
+            admin=row.admin,
+            disabled=row.disabled,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def usable(self, now: datetime) -> bool:
+        return not self.disabled and self.expires_at > now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "spiffe_id": self.spiffe_id,
+            "selectors": list(self.selectors),
+            "owner": self.owner,
+            "expires_at": _iso(self.expires_at),
+            "x509_ttl_seconds": self.x509_ttl_seconds,
+            "jwt_ttl_seconds": self.jwt_ttl_seconds,
+            "audiences": list(self.audiences),
+            "dns_names": list(self.dns_names),
+            "admin": self.admin,
+            "disabled": self.disabled,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _fields(spec: EntrySpec) -> dict[str, Any]:
+    return {
+        "spiffe_id": spec.spiffe_id,
+        "selectors": list(spec.selectors),
+        "owner": spec.owner,
+        "expires_at": spec.expires_at,
+        "x509_ttl_seconds": int(spec.x509_ttl.total_seconds()),
+        "jwt_ttl_seconds": int(spec.jwt_ttl.total_seconds()),
+        "audiences": list(spec.audiences),
+        "dns_names": list(spec.dns_names),
+        "admin": spec.admin,
+        "disabled": spec.disabled,
+    }
+
+
+class EntryStore:
+    """CRUD on entries; every change is audited in the same transaction."""
+
+    def __init__(self, database: Database, trust_domain: TrustDomain) -> None:
+        self.database = database
+        self.trust_domain = trust_domain
+
+    def create(self, spec: EntrySpec, actor: str, now: datetime | None = None) -> EntryView:
+        now = now or datetime.now(UTC)
+        checked = validate(spec, self.trust_domain, now)
+        row = Entry(id=str(uuid.uuid4()), created_at=now, updated_at=now, **_fields(checked))
+        with self.database.session() as session:
+            session.add(row)
+            session.flush()
+            view = EntryView.of(row)
+            audit.append(
+                session,
+                [audit.Event("entry.create", view.spiffe_id, actor, detail=view.to_json(), at=now)],
+            )
+        return view
+
+    def update(
+        self, entry_id: str, changes: dict[str, Any], actor: str, now: datetime | None = None
+    ) -> EntryView:
+        """Apply ``changes`` (EntrySpec field names) to an entry, validated as a whole."""
+        now = now or datetime.now(UTC)
+        unknown = set(changes) - set(EntrySpec.__dataclass_fields__)
+        if unknown:
+            raise InvalidEntry(f"unknown entry fields: {sorted(unknown)}")
+        with self.database.session() as session:
+            row = self._get(session, entry_id, lock=True)
+            current = EntrySpec(
+                spiffe_id=row.spiffe_id,
+                selectors=row.selectors,
+                owner=row.owner,
+                expires_at=row.expires_at,
+                x509_ttl=timedelta(seconds=row.x509_ttl_seconds),
+                jwt_ttl=timedelta(seconds=row.jwt_ttl_seconds),
+                audiences=row.audiences,
+                dns_names=row.dns_names,
+                admin=row.admin,
+                disabled=row.disabled,
+            )
+            merged = EntrySpec(**{**current.__dict__, **changes})
+            checked = validate(merged, self.trust_domain, now)
+            for name, value in _fields(checked).items():
+                setattr(row, name, value)
+            row.updated_at = now
+            session.flush()
+            view = EntryView.of(row)
+            audit.append(
+                session,
+                [
+                    audit.Event(
+                        "entry.update",
+                        view.spiffe_id,
+                        actor,
+                        detail={"id": entry_id, "changes": sorted(changes)},
+                        at=now,
+                    )
+                ],
+            )
+        return view
+
+    def delete(self, entry_id: str, actor: str, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        with self.database.session() as session:
+            row = self._get(session, entry_id, lock=True)
+            spiffe_id = row.spiffe_id
+            session.delete(row)
+            audit.append(
+                session,
+                [audit.Event("entry.delete", spiffe_id, actor, detail={"id": entry_id}, at=now)],
+            )
+
+    def get(self, entry_id: str) -> EntryView:
+        with self.database.session() as session:
+            return EntryView.of(self._get(session, entry_id))
+
+    def list(self) -> list[EntryView]:
+        with self.database.session() as session:
+            rows = session.scalars(select(Entry).order_by(Entry.spiffe_id, Entry.id))
+            return [EntryView.of(row) for row in rows]
+
+    @staticmethod
+    def _get(session: Session, entry_id: str, lock: bool = False) -> Entry:
+        query = select(Entry).where(Entry.id == entry_id)
+        if lock:
+            query = query.with_for_update()
+        row = session.scalars(query).one_or_none()
+        if row is None:
+            raise EntryNotFound(f"no registration entry with id {entry_id!r}")
+        return row
+
+
+def match(
+    entries: Iterable[EntryView],
+    selectors: Iterable[str],
+    now: datetime,
+    spiffe_id: str | None = None,
+) -> EntryView:
+    """The entry for a workload with these verified ``selectors``.
+
+    Every selector of the entry must be among the workload's. When entries
+    for several SPIFFE IDs match, the caller must name one; among entries for
+    the same ID the most specific (most selectors) wins.
+    """
+    have = set(selectors)
+    candidates = [e for e in entries if e.usable(now) and have.issuperset(e.selectors)]
+    if spiffe_id is not None:
+        candidates = [e for e in candidates if e.spiffe_id == spiffe_id]
+    if not candidates:
+        wanted = f" for {spiffe_id}" if spiffe_id else ""
+        raise NoMatchingEntry(
+            f"no enabled, unexpired registration entry{wanted} matches the selectors {sorted(have)}"
+        )
+    ids = sorted({e.spiffe_id for e in candidates})
+    if len(ids) > 1:
+        raise AmbiguousEntry(
+            f"entries for several SPIFFE IDs match ({', '.join(ids)}); ask for one with spiffe_id"
+        )
+    return max(candidates, key=lambda e: (len(e.selectors), e.id))

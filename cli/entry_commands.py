@@ -1,0 +1,153 @@
+"""``idmint entry``: registration entries, directly on the data directory."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+
+from ca.entries import EntrySpec, EntryStore, EntryView
+from ca.spiffe_id import TrustDomain
+from cli.context import data_directory
+from cli.options import Duration, Moment, cli_actor, data_dir_option
+from cli.output import emit_fields, emit_json, output_option
+
+
+def _print(view: EntryView, output: str) -> None:
+    if output == "json":
+        emit_json(view.to_json())
+        return
+    emit_fields(
+        [
+            ("Entry ID", view.id),
+            ("SPIFFE ID", view.spiffe_id),
+            ("Selectors", ", ".join(view.selectors)),
+            ("Owner", view.owner),
+            ("Expires", view.expires_at),
+            ("X509 TTL", f"{view.x509_ttl_seconds}s"),
+            ("JWT TTL", f"{view.jwt_ttl_seconds}s"),
+            ("Audiences", ", ".join(view.audiences) or "-"),
+            ("DNS names", ", ".join(view.dns_names) or "-"),
+            ("Admin", view.admin),
+            ("Disabled", view.disabled),
+        ]
+    )
+
+
+@click.group()
+def entry() -> None:
+    """Manage registration entries (selectors -> SPIFFE ID)."""
+
+
+@entry.command("create")
+@data_dir_option
+@click.option("--spiffe-id", required=True, help="spiffe://TD/path this entry grants.")
+@click.option("--selector", "selectors", multiple=True, required=True,
+              help="type:value, all must match (repeat).")  # fmt: skip
+@click.option("--owner", required=True, help="Who is responsible for this identity.")
+@click.option("--expires-at", type=Moment(), required=True, help="ISO 8601 time or 90d.")
+@click.option("--x509-ttl", type=Duration(), default="10m", show_default=True)
+@click.option("--jwt-ttl", type=Duration(), default="5m", show_default=True)
+@click.option("--audience", "audiences", multiple=True, help="Allowed JWT audience (repeat).")
+@click.option("--dns-name", "dns_names", multiple=True, help="DNS SAN (repeat).")
+@click.option("--admin", is_flag=True, help="Holders may call the admin API.")
+@click.option("--disabled", is_flag=True)
+@output_option
+def create(
+    data_dir: str | None,
+    spiffe_id: str,
+    selectors: tuple[str, ...],
+    owner: str,
+    expires_at: datetime,
+    x509_ttl: timedelta,
+    jwt_ttl: timedelta,
+    audiences: tuple[str, ...],
+    dns_names: tuple[str, ...],
+    admin: bool,
+    disabled: bool,
+    output: str,
+) -> None:
+    """Create a registration entry."""
+    with data_directory(data_dir) as (config, database):
+        store = EntryStore(database, TrustDomain(config.trust_domain))
+        view = store.create(
+            EntrySpec(
+                spiffe_id=spiffe_id,
+                selectors=selectors,
+                owner=owner,
+                expires_at=expires_at,
+                x509_ttl=x509_ttl,
+                jwt_ttl=jwt_ttl,
+                audiences=audiences,
+                dns_names=dns_names,
+                admin=admin,
+                disabled=disabled,
+            ),
+            actor=cli_actor(),
+        )
+    _print(view, output)
+
+
+@entry.command("list")
+@data_dir_option
+@output_option
+def list_(data_dir: str | None, output: str) -> None:
+    """List registration entries."""
+    with data_directory(data_dir) as (config, database):
+        views = EntryStore(database, TrustDomain(config.trust_domain)).list()
+    if output == "json":
+        emit_json([v.to_json() for v in views])
+        return
+    click.echo(f"{'ID':36}  {'SPIFFE ID':40}  {'OWNER':16}  {'EXPIRES':20}  SELECTORS")
+    for v in views:
+        state = " (disabled)" if v.disabled else ""
+        click.echo(
+            f"{v.id:36}  {v.spiffe_id:40}  {v.owner:16}  "
+            f"{v.expires_at:%Y-%m-%dT%H:%M:%SZ}  {','.join(v.selectors)}{state}"
+        )
+
+
+@entry.command("show")
+@data_dir_option
+@click.argument("entry_id")
+@output_option
+def show(data_dir: str | None, entry_id: str, output: str) -> None:
+    """Show one registration entry."""
+    with data_directory(data_dir) as (config, database):
+        view = EntryStore(database, TrustDomain(config.trust_domain)).get(entry_id)
+    _print(view, output)
+
+
+@entry.command("update")
+@data_dir_option
+@click.argument("entry_id")
+@click.option("--selector", "selectors", multiple=True, help="Replace the selectors.")
+@click.option("--owner")
+@click.option("--expires-at", type=Moment())
+@click.option("--x509-ttl", type=Duration())
+@click.option("--jwt-ttl", type=Duration())
+@click.option("--audience", "audiences", multiple=True, help="Replace the audiences.")
+@click.option("--dns-name", "dns_names", multiple=True, help="Replace the DNS names.")
+@click.option("--admin/--no-admin", default=None)
+@click.option("--disabled/--enabled", default=None)
+@output_option
+def update(data_dir: str | None, entry_id: str, output: str, **changes: Any) -> None:
+    """Change fields of a registration entry (the others stay)."""
+    given = {k: v for k, v in changes.items() if v not in (None, ())}
+    if not given:
+        raise click.UsageError("nothing to change: give at least one option")
+    with data_directory(data_dir) as (config, database):
+        store = EntryStore(database, TrustDomain(config.trust_domain))
+        view = store.update(entry_id, given, actor=cli_actor())
+    _print(view, output)
+
+
+@entry.command("delete")
+@data_dir_option
+@click.argument("entry_id")
+def delete(data_dir: str | None, entry_id: str) -> None:
+    """Delete a registration entry."""
+    with data_directory(data_dir) as (config, database):
+        EntryStore(database, TrustDomain(config.trust_domain)).delete(entry_id, actor=cli_actor())
+    click.echo(f"Deleted entry {entry_id}")

@@ -1,0 +1,115 @@
+"""``idmint entry``, ``idmint audit verify`` and ``idmint bundle show --format jwks``."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import Runner
+
+
+@pytest.fixture
+def data_dir(idmint: Runner, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    done = idmint("init", "--data-dir", str(data), "--trust-domain", "example.org")
+    assert done.returncode == 0, done.stderr
+    return data
+
+
+def _create(idmint: Runner, data: Path, *extra: str) -> dict[str, object]:
+    done = idmint(
+        "entry", "create", "--data-dir", str(data),
+        "--spiffe-id", "spiffe://example.org/web", "--selector", "unix:uid:1000",
+        "--selector", "k8s:ns:prod", "--owner", "team-web", "--expires-at", "90d",
+        "--audience", "https://api.example.org", "--dns-name", "web.example.org",
+        "--output", "json", *extra,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    created: dict[str, object] = json.loads(done.stdout)
+    return created
+
+
+def test_entry_lifecycle(idmint: Runner, data_dir: Path) -> None:
+    created = _create(idmint, data_dir)
+    assert created["selectors"] == ["k8s:ns:prod", "unix:uid:1000"]
+    assert created["x509_ttl_seconds"] == 600 and created["jwt_ttl_seconds"] == 300
+    entry_id = str(created["id"])
+
+    listed = json.loads(idmint("entry", "list", "--data-dir", str(data_dir), "--output", "json").stdout)
+    assert [e["id"] for e in listed] == [entry_id]
+
+    updated = idmint(
+        "entry", "update", entry_id, "--data-dir", str(data_dir), "--disabled",
+        "--x509-ttl", "30m", "--output", "json",
+    )  # fmt: skip
+    assert updated.returncode == 0, updated.stderr
+    changed = json.loads(updated.stdout)
+    assert changed["disabled"] is True and changed["x509_ttl_seconds"] == 1800
+    assert changed["owner"] == "team-web"
+
+    shown = idmint("entry", "show", entry_id, "--data-dir", str(data_dir))
+    assert "team-web" in shown.stdout and "True" in shown.stdout
+
+    assert idmint("entry", "delete", entry_id, "--data-dir", str(data_dir)).returncode == 0
+    missing = idmint("entry", "show", entry_id, "--data-dir", str(data_dir))
+    assert missing.returncode == 1 and f"no registration entry with id '{entry_id}'" in missing.stderr
+
+    verified = idmint("audit", "verify", "--data-dir", str(data_dir), "--output", "json")
+    assert verified.returncode == 0, verified.stderr
+    # root creation, entry create, update, delete
+    assert json.loads(verified.stdout)["events"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--spiffe-id", "spiffe://other.org/web"], "not in this trust domain"),
+        (["--spiffe-id", "spiffe://example.org"], "needs a path"),
+        (["--x509-ttl", "2h"], "x509 TTL 7200s is outside 60-3600s"),
+        (["--jwt-ttl", "30m"], "JWT TTL 1800s is outside 60-900s"),
+        (["--selector", "no-colon"], "is not 'type:value'"),
+        (["--dns-name", "Bad_Name"], "DNS name 'Bad_Name' is not valid"),
+        (["--expires-at", "2020-01-01T00:00:00Z"], "is not in the future"),
+        (["--expires-at", "2030-01-01T00:00:00"], "has no time zone"),
+        (["--owner", " "], "needs an owner"),
+    ],
+)
+def test_bad_entries_are_refused_and_nothing_is_written(
+    idmint: Runner, data_dir: Path, args: list[str], reason: str
+) -> None:
+    base = {
+        "--spiffe-id": "spiffe://example.org/web",
+        "--selector": "unix:uid:1000",
+        "--owner": "team",
+        "--expires-at": "30d",
+    }
+    overrides = dict(zip(args[::2], args[1::2], strict=True))
+    argv = [item for key, value in {**base, **overrides}.items() for item in (key, value)]
+    done = idmint("entry", "create", "--data-dir", str(data_dir), *argv)
+    assert done.returncode != 0
+    assert reason in done.stderr
+    listed = idmint("entry", "list", "--data-dir", str(data_dir), "--output", "json")
+    assert json.loads(listed.stdout) == []
+
+
+def test_audit_verify_catches_tampering_in_sql(idmint: Runner, data_dir: Path) -> None:
+    _create(idmint, data_dir)
+    assert idmint("audit", "verify", "--data-dir", str(data_dir)).returncode == 0
+    with sqlite3.connect(data_dir / "idmint.db") as db:
+        db.execute("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 2")
+    done = idmint("audit", "verify", "--data-dir", str(data_dir))
+    assert done.returncode == 1
+    assert "audit event 2 (entry.create spiffe://example.org/web) was edited" in done.stderr
+
+
+def test_bundle_jwks_has_the_root_with_x5c(idmint: Runner, data_dir: Path) -> None:
+    done = idmint("bundle", "show", "--data-dir", str(data_dir), "--format", "jwks")
+    assert done.returncode == 0, done.stderr
+    jwks = json.loads(done.stdout)
+    (root,) = jwks["keys"]
+    assert root["use"] == "x509-svid" and root["kty"] == "EC" and len(root["x5c"]) == 1
+    assert "kid" not in root
+    assert jwks["spiffe_sequence"] >= 1 and jwks["spiffe_refresh_hint"] > 0
