@@ -53,13 +53,22 @@ class Bundle:
     trust_domain: str
     sequence: int
     roots: tuple[x509.Certificate, ...]
-    jwt_keys: tuple[tuple[str, Any], ...]  # (kid, public key)
+    jwt_keys: tuple[tuple[str, Any, str], ...]  # (kid, public key, JWS alg)
     refresh_hint: int = DEFAULT_REFRESH_HINT
 
     def pem(self) -> str:
         return "".join(
             c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in self.roots
         )
+
+    def oidc_jwks(self) -> dict[str, Any]:
+        """The JWT keys alone, as OIDC consumers expect them (``use: sig``, ``alg``)."""
+        return {
+            "keys": [
+                {**_jwk(public_key), "use": "sig", "kid": kid, "alg": alg}
+                for kid, public_key, alg in self.jwt_keys
+            ]
+        }
 
     def jwks(self) -> dict[str, Any]:
         keys: list[dict[str, Any]] = []
@@ -72,7 +81,7 @@ class Bundle:
                     "x5c": [base64.b64encode(der).decode("ascii")],
                 }
             )
-        for kid, public_key in self.jwt_keys:
+        for kid, public_key, _alg in self.jwt_keys:
             keys.append({**_jwk(public_key), "use": "jwt-svid", "kid": kid})
         return {
             "keys": keys,
@@ -99,7 +108,11 @@ def load_bundle(database: Database, trust_domain: str) -> Bundle:
         if r.kind is AuthorityKind.ROOT and r.certificate_pem
     )
     jwt_keys = tuple(
-        (r.kid, serialization.load_pem_public_key(r.public_key_pem.encode("ascii")))
+        (
+            r.kid,
+            serialization.load_pem_public_key(r.public_key_pem.encode("ascii")),
+            r.key_type.rsplit("/", 1)[-1],
+        )
         for r in rows
         if r.kind is AuthorityKind.JWT
     )

@@ -321,6 +321,7 @@ def match(
     selectors: Iterable[str],
     now: datetime,
     spiffe_id: str | None = None,
+    granted: str | None = None,
 ) -> EntryView:
     """The entry for a workload with these verified ``selectors``.
 
@@ -329,6 +330,13 @@ def match(
     the same ID the most specific (most selectors) wins.
     """
     have = set(selectors)
+    if granted is not None:
+        # The SPIFFE ID is already proven (a join token minted for it, or a
+        # current SVID for it): the entry only supplies policy.
+        candidates = [e for e in entries if e.usable(now) and e.spiffe_id == granted]
+        if not candidates:
+            raise NoMatchingEntry(f"no enabled, unexpired registration entry for {granted}")
+        return max(candidates, key=lambda e: (len(e.selectors), e.id))
     candidates = [e for e in entries if e.usable(now) and have.issuperset(e.selectors)]
     if spiffe_id is not None:
         candidates = [e for e in candidates if e.spiffe_id == spiffe_id]

@@ -1,0 +1,246 @@
+"""In-process SVID issuance rate beside the raw PKCS#11 sign rate, in one run.
+
+Prints one JSON document. On a fresh SoftHSM token and SQLite database (the
+embedded default) it measures, each as the median of several rounds:
+
+- ``raw_pkcs11``: python-pkcs11 ``sign(digest, CKM_ECDSA)`` with a P-256 key;
+- ``x509_svid``: :meth:`ca.issuer.Issuer.issue_x509` (CSR parse and signature
+  check, entry match, certificate build, HSM signature, PEM, record + audit);
+- ``jwt_svid``: :meth:`ca.issuer.Issuer.issue_jwt` (claims, JWS, HSM
+  signature, record + audit);
+- ``peer_python_x509_pkcs11``: that library's ``sign_csr`` on the same token
+  and curve, in a subprocess (it re-initialises the PKCS#11 module, which
+  would pull the rug from under our sessions if run in this process). Needs
+  ``pip install python-x509-pkcs11`` (the ``bench`` extra); reported as
+  missing otherwise.
+
+Each is measured with 1 thread and with 2 (this machine has 2 cores).
+Records are flushed to the database before each round ends, so their cost
+is inside the figures.
+
+Usage: python benchmarks/issuance.py [--seconds 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Attribute, Mechanism, ObjectClass
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ca.authority import create_root, ensure_authorities
+from ca.entries import EntrySpec, EntryStore
+from ca.issuer import Issuer
+from ca.spiffe_id import TrustDomain
+from ca.storage.db import Database, migrate
+from hsm import KeyStore, KeyType
+from hsm.softhsm import create_token
+
+PEER_SCRIPT = r"""
+import asyncio, json, os, sys, time
+try:
+    from python_x509_pkcs11.csr import sign_csr
+    from python_x509_pkcs11.pkcs11_handle import PKCS11Session
+except ImportError:
+    print(json.dumps({"error": "python-x509-pkcs11 is not installed (pip install .[bench])"}))
+    sys.exit(0)
+csr_pem, seconds = sys.stdin.read(), float(sys.argv[1])
+issuer = {"country_name": "SE", "organization_name": "peer", "common_name": "peer CA"}
+
+async def main():
+    await PKCS11Session().create_keypair("peer-ca", key_type="secp256r1")
+    await sign_csr("peer-ca", issuer, csr_pem, key_type="secp256r1")  # warm up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        await sign_csr("peer-ca", issuer, csr_pem, key_type="secp256r1")
+        n += 1
+    return n / (time.perf_counter() - start)
+
+print(json.dumps({"rate": asyncio.run(main())}))
+"""
+
+
+def rate(
+    make_worker: Callable[[], Callable[[], object]],
+    threads: int,
+    seconds: float,
+    after: Callable[[], None] | None = None,
+) -> float:
+    """Operations per second of ``threads`` threads; ``after`` runs inside the timing."""
+    workers = [make_worker() for _ in range(threads)]
+    counts = [0] * threads
+    stop = threading.Event()
+    barrier = threading.Barrier(threads + 1)
+
+    def loop(index: int) -> None:
+        work, n = workers[index], 0
+        barrier.wait()
+        while not stop.is_set():
+            work()
+            n += 1
+        counts[index] = n
+
+    pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in pool:
+        thread.join()
+    if after is not None:
+        after()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def median(
+    make: Callable[[], Callable[[], object]],
+    threads: int,
+    seconds: float,
+    rounds: int,
+    after: Callable[[], None] | None = None,
+) -> int:
+    return round(statistics.median(rate(make, threads, seconds, after) for _ in range(rounds)))
+
+
+def peer_rate(
+    token_conf: str, label: str, pin: str, module: str, csr_pem: str, seconds: float
+) -> Any:
+    environment = {
+        **os.environ,
+        "SOFTHSM2_CONF": token_conf,
+        "PKCS11_MODULE": module,
+        "PKCS11_TOKEN": label,
+        "PKCS11_PIN": pin,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PEER_SCRIPT, str(seconds)],
+        input=csr_pem,
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        token = create_token(Path(scratch) / "hsm", "bench")
+        url = f"sqlite:///{Path(scratch) / 'idmint.db'}"
+        migrate(url)
+        database = Database(url)
+        store = KeyStore(token.hsm_config())
+        create_root(store, database, "bench.test")
+        ensure_authorities(store, database, "bench.test")
+        domain = TrustDomain("bench.test")
+        EntryStore(database, domain).create(
+            EntrySpec(
+                "spiffe://bench.test/w",
+                ["bench:w:1"],
+                "bench",
+                datetime.now(UTC) + timedelta(days=1),
+                audiences=["a"],
+            ),
+            actor="bench",
+        )
+        issuer = Issuer(store, database, domain, "https://bench.test", cache_seconds=1.0)
+        keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(32)]
+        csrs = [
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(k, hashes.SHA256())
+            .public_bytes(serialization.Encoding.DER)
+            for k in keys
+        ]
+        raw_key = store.generate(KeyType.EC_P256, "raw-p256")
+        digest = hashlib.sha256(b"benchmark").digest()
+        p11_token = store._token
+
+        def raw_worker() -> Callable[[], object]:
+            session = p11_token.open()
+            (found,) = list(
+                session.get_objects(
+                    {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: raw_key.key_id}
+                )
+            )
+            return lambda: found.sign(digest, mechanism=Mechanism.ECDSA)
+
+        def x509_worker() -> Callable[[], object]:
+            counter = iter(range(10**12))
+            return lambda: issuer.issue_x509(["bench:w:1"], csrs[next(counter) % len(csrs)])
+
+        def jwt_worker() -> Callable[[], object]:
+            return lambda: issuer.issue_jwt(["bench:w:1"], ["a"])
+
+        flush = issuer.recorder.flush
+        rate(x509_worker, 2, 0.3, flush)  # warm caches and sessions
+        rate(jwt_worker, 1, 0.3, flush)
+        figures: dict[str, dict[str, int]] = {"raw_pkcs11": {}, "x509_svid": {}, "jwt_svid": {}}
+        for threads in (1, 2):
+            key = str(threads)
+            figures["raw_pkcs11"][key] = median(raw_worker, threads, args.seconds, args.rounds)
+            figures["x509_svid"][key] = median(
+                x509_worker, threads, args.seconds, args.rounds, flush
+            )
+            figures["jwt_svid"][key] = median(jwt_worker, threads, args.seconds, args.rounds, flush)
+        csr_pem = x509.load_der_x509_csr(csrs[0]).public_bytes(serialization.Encoding.PEM).decode()
+        issuer.close()
+        store.close()
+        database.close()
+        peer = peer_rate(
+            str(token.conf),
+            token.label,
+            token.user_pin_file.read_text().strip(),
+            token.module,
+            csr_pem,
+            args.seconds,
+        )
+
+    raw = figures["raw_pkcs11"]
+    report: dict[str, Any] = {
+        "benchmark": "issuance",
+        "setup": "SoftHSM token + SQLite (WAL) in a temp dir; P-256 intermediate and ES256 JWT key",
+        "seconds_per_round": args.seconds,
+        "rounds": args.rounds,
+        "per_second": figures,
+        "peer_python_x509_pkcs11_sign_csr_per_second": peer.get("rate") and round(peer["rate"]),
+        "peer_note": peer.get("error"),
+        "ratios": {
+            "x509_vs_raw": {t: round(figures["x509_svid"][t] / raw[t], 3) for t in raw},
+            "jwt_vs_raw": {t: round(figures["jwt_svid"][t] / raw[t], 3) for t in raw},
+            "x509_vs_peer": peer.get("rate") and round(figures["x509_svid"]["1"] / peer["rate"], 1),
+        },
+        "goals": {"x509_vs_raw": 0.45, "jwt_vs_raw": 0.6, "x509_vs_peer": 20},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""The library-level issuance API the server calls.
+
+Given selectors an attestor has verified and a CSR (or audiences), pick the
+registration entry, issue the SVID with the active authority's HSM key,
+record it and audit it. Refusals are audited too.
+
+Active authorities, entries and the bundle are read from the database and
+kept for ``cache_seconds`` (default 1 s): every replica sees a change within
+that time, and the hot path does no query. One HSM signature per credential.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from ca import audit
+from ca.authority import active, jwt_algorithm, signing_key
+from ca.bundle import Bundle, load_bundle
+from ca.csr import check_csr, check_requested_names
+from ca.entries import EntryStore, EntryView, match
+from ca.errors import CAError
+from ca.jwtsvid import encode_jwt_svid, jwt_svid_claims
+from ca.profiles import random_serial, signature_hash
+from ca.recorder import Recorder
+from ca.spiffe_id import TrustDomain
+from ca.storage.db import Database
+from ca.storage.models import Authority, AuthorityKind, CredentialKind, Revocation
+from ca.x509svid import leaf_certificate, svid_window
+from hsm import KeyStore
+from hsm.keys import AnyHSMKey
+from idmint.errors import IdmintError
+
+Clock = Callable[[], datetime]
+
+
+class AudienceNotAllowed(CAError):
+    """The entry does not allow a requested JWT audience."""
+
+    code = "audience-not-allowed"
+
+
+@dataclass(frozen=True)
+class X509SVID:
+    """An issued X509-SVID: leaf + intermediate chain, and the bundle to trust."""
+
+    spiffe_id: str
+    chain_pem: str
+    bundle_pem: str
+    serial: str
+    expires_at: datetime
+    certificate: x509.Certificate
+
+
+@dataclass(frozen=True)
+class JWTSVID:
+    """An issued JWT-SVID."""
+
+    spiffe_id: str
+    token: str
+    jti: str
+    audiences: tuple[str, ...]
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class _SigningCA:
+    row: Authority
+    certificate: x509.Certificate
+    pem: str
+    key: AnyHSMKey
+    hash: Any
+
+
+@dataclass(frozen=True)
+class _SigningJWT:
+    row: Authority
+    key: AnyHSMKey
+    alg: str
+    sign: Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
+class _State:
+    loaded_at: float
+    ca: _SigningCA
+    jwt: _SigningJWT
+    entries: tuple[EntryView, ...]
+    bundle: Bundle
+    bundle_pem: str
+
+
+class Issuer:
+    """Issues SVIDs for one trust domain."""
+
+    def __init__(
+        self,
+        keystore: KeyStore,
+        database: Database,
+        trust_domain: TrustDomain,
+        issuer_url: str,
+        recorder: Recorder | None = None,
+        cache_seconds: float = 1.0,
+        clock: Clock | None = None,
+        crl_url: str | None = None,
+        ocsp_url: str | None = None,
+    ) -> None:
+        self.keystore = keystore
+        self.database = database
+        self.trust_domain = trust_domain
+        self.issuer_url = issuer_url
+        self.recorder = recorder or Recorder(database)
+        self._owns_recorder = recorder is None
+        self.cache_seconds = cache_seconds
+        self.clock: Clock = clock or (lambda: datetime.now(UTC))
+        self.crl_url = crl_url
+        self.ocsp_url = ocsp_url
+        self._entries = EntryStore(database, trust_domain)
+        self._lock = threading.Lock()
+        self._state: _State | None = None
+
+    def close(self) -> None:
+        if self._owns_recorder:
+            self.recorder.close()
+
+    # -- cached state --------------------------------------------------------
+
+    def _load(self) -> _State:
+        ca_row = active(self.database, AuthorityKind.INTERMEDIATE)
+        jwt_row = active(self.database, AuthorityKind.JWT)
+        previous = self._state
+        if previous is not None and previous.ca.row.id == ca_row.id:
+            ca = previous.ca
+        else:
+            assert ca_row.certificate_pem is not None
+            certificate = x509.load_pem_x509_certificate(ca_row.certificate_pem.encode("ascii"))
+            key = signing_key(self.keystore, ca_row)
+            ca = _SigningCA(
+                ca_row, certificate, ca_row.certificate_pem, key, signature_hash(key.public_key())
+            )
+        if previous is not None and previous.jwt.row.id == jwt_row.id:
+            jwt = previous.jwt
+        else:
+            key = signing_key(self.keystore, jwt_row)
+            alg = jwt_algorithm(jwt_row)
+            jwt = _SigningJWT(jwt_row, key, alg, lambda data: key.sign_jws(alg, data))
+        bundle = load_bundle(self.database, self.trust_domain.name)
+        return _State(
+            loaded_at=time.monotonic(),
+            ca=ca,
+            jwt=jwt,
+            entries=tuple(self._entries.list()),
+            bundle=bundle,
+            bundle_pem=bundle.pem(),
+        )
+
+    def state(self) -> _State:
+        """Authorities, entries and bundle, re-read at most every ``cache_seconds``."""
+        state = self._state
+        if state is None or time.monotonic() - state.loaded_at >= self.cache_seconds:
+            with self._lock:
+                state = self._state
+                if state is None or time.monotonic() - state.loaded_at >= self.cache_seconds:
+                    state = self._state = self._load()
+        return state
+
+    def invalidate(self) -> None:
+        """Forget cached state (after a change made in this process)."""
+        with self._lock:
+            self._state = None
+
+    def bundle(self) -> Bundle:
+        return self.state().bundle
+
+    def is_revoked(self, serial_hex: str) -> bool:
+        """Whether the X509-SVID with this serial was revoked."""
+        with self.database.session() as session:
+            found = session.scalar(
+                select(Revocation.id)
+                .where(Revocation.kind == CredentialKind.X509)
+                .where(Revocation.identifier == serial_hex)
+            )
+        return found is not None
+
+    # -- issuance ------------------------------------------------------------
+
+    def _refused(
+        self, action: str, actor: str, error: IdmintError, selectors: Iterable[str]
+    ) -> None:
+        self.recorder.record(
+            None,
+            [
+                audit.Event(
+                    action,
+                    "-",
+                    actor,
+                    outcome="refused",
+                    detail={
+                        "error": type(error).__name__,
+                        "reason": str(error)[:500],
+                        "selectors": sorted(selectors),
+                    },
+                    at=self.clock(),
+                )
+            ],
+        )
+
+    def issue_x509(
+        self,
+        selectors: Sequence[str],
+        csr: bytes,
+        spiffe_id: str | None = None,
+        actor: str = "workload",
+        granted: str | None = None,
+    ) -> X509SVID:
+        """An X509-SVID for the entry the selectors match, from the workload's CSR."""
+        try:
+            checked = check_csr(csr)
+            state = self.state()
+            now = self.clock()
+            entry = match(state.entries, selectors, now, spiffe_id, granted)
+            check_requested_names(checked, entry.spiffe_id, entry.dns_names)
+            ca = state.ca
+            not_before, not_after = svid_window(
+                now, timedelta(seconds=entry.x509_ttl_seconds), ca.certificate.not_valid_after_utc
+            )
+            serial = random_serial()
+            certificate = leaf_certificate(
+                checked.public_key,
+                entry.spiffe_id,
+                entry.dns_names,
+                ca.certificate,
+                not_before,
+                not_after,
+                serial,
+                crl_url=self.crl_url,
+                ocsp_url=self.ocsp_url,
+            ).sign(ca.key, ca.hash)
+        except IdmintError as error:
+            self._refused("x509-svid.issue", actor, error, selectors)
+            raise
+        serial_hex = format(serial, "x")
+        self.recorder.record(
+            {
+                "kind": CredentialKind.X509,
+                "identifier": serial_hex,
+                "spiffe_id": entry.spiffe_id,
+                "entry_id": entry.id,
+                "authority_id": ca.row.id,
+                "issued_at": now,
+                "not_after": not_after,
+            },
+            [
+                audit.Event(
+                    "x509-svid.issue",
+                    entry.spiffe_id,
+                    actor,
+                    detail={"serial": serial_hex, "entry": entry.id, "not_after": not_after},
+                    at=now,
+                )
+            ],
+        )
+        leaf_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        return X509SVID(
+            spiffe_id=entry.spiffe_id,
+            chain_pem=leaf_pem + ca.pem,
+            bundle_pem=state.bundle_pem,
+            serial=serial_hex,
+            expires_at=not_after,
+            certificate=certificate,
+        )
+
+    def issue_jwt(
+        self,
+        selectors: Sequence[str],
+        audiences: Sequence[str],
+        spiffe_id: str | None = None,
+        actor: str = "workload",
+        granted: str | None = None,
+    ) -> JWTSVID:
+        """A JWT-SVID for the matched entry, for ``audiences`` the entry allows."""
+        try:
+            state = self.state()
+            now = self.clock()
+            entry = match(state.entries, selectors, now, spiffe_id, granted)
+            if entry.audiences:
+                refused = [a for a in audiences if a not in entry.audiences]
+                if refused:
+                    raise AudienceNotAllowed(
+                        f"the entry for {entry.spiffe_id} does not allow audience(s) {refused}; "
+                        f"allowed: {list(entry.audiences)}"
+                    )
+            jwt = state.jwt
+            claims = jwt_svid_claims(
+                entry.spiffe_id,
+                audiences,
+                self.issuer_url,
+                now,
+                timedelta(seconds=entry.jwt_ttl_seconds),
+                not_after_cap=jwt.row.not_after,
+            )
+            token = encode_jwt_svid(jwt.sign, jwt.alg, jwt.row.kid, claims)
+        except IdmintError as error:
+            self._refused("jwt-svid.issue", actor, error, selectors)
+            raise
+        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+        self.recorder.record(
+            {
+                "kind": CredentialKind.JWT,
+                "identifier": claims["jti"],
+                "spiffe_id": entry.spiffe_id,
+                "entry_id": entry.id,
+                "authority_id": jwt.row.id,
+                "issued_at": now,
+                "not_after": expires_at,
+            },
+            [
+                audit.Event(
+                    "jwt-svid.issue",
+                    entry.spiffe_id,
+                    actor,
+                    detail={"jti": claims["jti"], "aud": list(audiences), "entry": entry.id},
+                    at=now,
+                )
+            ],
+        )
+        return JWTSVID(
+            spiffe_id=entry.spiffe_id,
+            token=token,
+            jti=claims["jti"],
+            audiences=tuple(audiences),
+            expires_at=expires_at,
+        )
