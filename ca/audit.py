@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ca.errors import CAError
+from ca.storage.db import bulk_insert, time_binder
 from ca.storage.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
+_COLUMNS = ("seq", "at", "actor", "action", "subject", "outcome", "detail", "prev_hash", "hash")
 
 
 class AuditChainBroken(CAError):
@@ -87,6 +89,7 @@ def append(session: Session, events: Sequence[Event]) -> None:
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
     head = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
     seq, prev = int(head.seq), str(head.hash)
+    bind = time_binder(session)
     rows = []
     for event in events:
         seq += 1
@@ -97,20 +100,20 @@ def append(session: Session, events: Sequence[Event]) -> None:
             seq, at, event.actor, event.action, event.subject, event.outcome, detail, prev
         )
         rows.append(
-            {
-                "seq": seq,
-                "at": at,
-                "actor": event.actor,
-                "action": event.action,
-                "subject": event.subject,
-                "outcome": event.outcome,
-                "detail": detail,
-                "prev_hash": prev,
-                "hash": digest,
-            }
+            (
+                seq,
+                bind(at),
+                event.actor,
+                event.action,
+                event.subject,
+                event.outcome,
+                detail,
+                prev,
+                digest,
+            )
         )
         prev = digest
-    session.execute(insert(AuditEvent), rows)
+    bulk_insert(session, "audit_events", _COLUMNS, rows)
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
 
 

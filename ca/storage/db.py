@@ -7,8 +7,9 @@ special here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,32 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def bulk_insert(
+    session: Session, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """INSERT many rows through the driver's executemany, skipping per-value processing.
+
+    Only for the hot write path (issuance records): values must already be
+    in driver form; use :func:`bind_time` for datetimes.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marker for _ in columns)})"
+    )
+    connection.exec_driver_sql(sql, rows)
+
+
+def time_binder(session: Session) -> Callable[[datetime], Any]:
+    """Converts UTC datetimes to what this session's driver stores.
+
+    SQLite gets the naive UTC text SQLAlchemy itself writes for DateTime
+    columns, so rows written either way read back the same.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return lambda moment: moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return lambda moment: moment.astimezone(UTC)
