@@ -306,9 +306,13 @@ def ensure_authorities(
     if not authorities(database, AuthorityKind.INTERMEDIATE, AuthorityState.ACTIVE):
         try:
             create_intermediate(
-                keystore, database, trust_domain, intermediate_key_type, intermediate_lifetime,
+                keystore,
+                database,
+                trust_domain,
+                intermediate_key_type,
+                intermediate_lifetime,
                 now=now,
-            )  # fmt: skip
+            )
         except AuthorityConflict:
             pass
     if not authorities(database, AuthorityKind.JWT, AuthorityState.ACTIVE):

@@ -26,7 +26,7 @@ from ca import audit
 from ca.authority import active, jwt_algorithm, signing_key
 from ca.bundle import Bundle, load_bundle
 from ca.csr import check_csr, check_requested_names
-from ca.entries import EntryStore, EntryView, match
+from ca.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, match
 from ca.errors import CAError
 from ca.jwtsvid import encode_jwt_svid, jwt_svid_claims
 from ca.profiles import random_serial, signature_hash
@@ -172,6 +172,27 @@ class Issuer:
                     state = self._state = self._load()
         return state
 
+    def _match(
+        self,
+        state: _State,
+        selectors: Sequence[str],
+        now: datetime,
+        spiffe_id: str | None,
+        granted: str | None,
+    ) -> tuple[_State, EntryView]:
+        """Match against cached entries; on a miss, re-read them once.
+
+        An entry created a moment ago through another worker or replica is
+        then found at once, while the hot path still reads nothing.
+        """
+        try:
+            return state, match(state.entries, selectors, now, spiffe_id, granted)
+        except (NoMatchingEntry, AmbiguousEntry):
+            pass  # refusals are rare and rate-limited: worth one read to be sure
+        with self._lock:
+            state = self._state = self._load()
+        return state, match(state.entries, selectors, now, spiffe_id, granted)
+
     def invalidate(self) -> None:
         """Forget cached state (after a change made in this process)."""
         with self._lock:
@@ -226,7 +247,7 @@ class Issuer:
             checked = check_csr(csr)
             state = self.state()
             now = self.clock()
-            entry = match(state.entries, selectors, now, spiffe_id, granted)
+            state, entry = self._match(state, selectors, now, spiffe_id, granted)
             check_requested_names(checked, entry.spiffe_id, entry.dns_names)
             ca = state.ca
             not_before, not_after = svid_window(
@@ -290,7 +311,7 @@ class Issuer:
         try:
             state = self.state()
             now = self.clock()
-            entry = match(state.entries, selectors, now, spiffe_id, granted)
+            state, entry = self._match(state, selectors, now, spiffe_id, granted)
             if entry.audiences:
                 refused = [a for a in audiences if a not in entry.audiences]
                 if refused:

@@ -140,3 +140,59 @@ def intermediate_certificate(
             critical=False,
         )
     )
+
+
+def server_certificate(
+    public_key: IssuerPublicKey,
+    issuer: x509.Certificate,
+    dns_names: list[str],
+    ip_addresses: list[str],
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """The idmint server's own TLS certificate (serverAuth), issued by its CA."""
+    import ipaddress
+
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "idmint"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, (dns_names or ["idmint"])[0]),
+                ]
+            )
+        )
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(not_before - CLOCK_SKEW)
+        .not_valid_after(min(not_after, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+    )

@@ -7,32 +7,48 @@ from typing import Any
 
 import click
 
+from ca.config import resolve_data_dir
 from ca.entries import EntrySpec, EntryStore, EntryView
 from ca.spiffe_id import TrustDomain
+from cli import admin_client
 from cli.context import data_directory
 from cli.options import Duration, Moment, cli_actor, data_dir_option
 from cli.output import emit_fields, emit_json, output_option
 
 
-def _print(view: EntryView, output: str) -> None:
+def _print(view: EntryView | dict[str, Any], output: str) -> None:
+    data = view.to_json() if isinstance(view, EntryView) else view
     if output == "json":
-        emit_json(view.to_json())
+        emit_json(data)
         return
     emit_fields(
         [
-            ("Entry ID", view.id),
-            ("SPIFFE ID", view.spiffe_id),
-            ("Selectors", ", ".join(view.selectors)),
-            ("Owner", view.owner),
-            ("Expires", view.expires_at),
-            ("X509 TTL", f"{view.x509_ttl_seconds}s"),
-            ("JWT TTL", f"{view.jwt_ttl_seconds}s"),
-            ("Audiences", ", ".join(view.audiences) or "-"),
-            ("DNS names", ", ".join(view.dns_names) or "-"),
-            ("Admin", view.admin),
-            ("Disabled", view.disabled),
+            ("Entry ID", data["id"]),
+            ("SPIFFE ID", data["spiffe_id"]),
+            ("Selectors", ", ".join(data["selectors"])),
+            ("Owner", data["owner"]),
+            ("Expires", data["expires_at"]),
+            ("X509 TTL", f"{data['x509_ttl_seconds']}s"),
+            ("JWT TTL", f"{data['jwt_ttl_seconds']}s"),
+            ("Audiences", ", ".join(data["audiences"]) or "-"),
+            ("DNS names", ", ".join(data["dns_names"]) or "-"),
+            ("Admin", data["admin"]),
+            ("Disabled", data["disabled"]),
         ]
     )
+
+
+def _json_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """EntrySpec keyword arguments as the admin API's JSON fields."""
+    out: dict[str, Any] = {}
+    for name, value in spec.items():
+        if name in ("x509_ttl", "jwt_ttl"):
+            out[f"{name}_seconds"] = int(value.total_seconds())
+        elif name == "expires_at":
+            out[name] = value.isoformat()
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 @click.group()
@@ -43,8 +59,13 @@ def entry() -> None:
 @entry.command("create")
 @data_dir_option
 @click.option("--spiffe-id", required=True, help="spiffe://TD/path this entry grants.")
-@click.option("--selector", "selectors", multiple=True, required=True,
-              help="type:value, all must match (repeat).")  # fmt: skip
+@click.option(
+    "--selector",
+    "selectors",
+    multiple=True,
+    required=True,
+    help="type:value, all must match (repeat).",
+)
 @click.option("--owner", required=True, help="Who is responsible for this identity.")
 @click.option("--expires-at", type=Moment(), required=True, help="ISO 8601 time or 90d.")
 @click.option("--x509-ttl", type=Duration(), default="10m", show_default=True)
@@ -69,23 +90,25 @@ def create(
     output: str,
 ) -> None:
     """Create a registration entry."""
+    spec: dict[str, Any] = {
+        "spiffe_id": spiffe_id,
+        "selectors": selectors,
+        "owner": owner,
+        "expires_at": expires_at,
+        "x509_ttl": x509_ttl,
+        "jwt_ttl": jwt_ttl,
+        "audiences": audiences,
+        "dns_names": dns_names,
+        "admin": admin,
+        "disabled": disabled,
+    }
+    directory = resolve_data_dir(data_dir)
+    if admin_client.available(directory):
+        _print(admin_client.call(directory, "POST", "/v1/entries", _json_spec(spec)), output)
+        return
     with data_directory(data_dir) as (config, database):
         store = EntryStore(database, TrustDomain(config.trust_domain))
-        view = store.create(
-            EntrySpec(
-                spiffe_id=spiffe_id,
-                selectors=selectors,
-                owner=owner,
-                expires_at=expires_at,
-                x509_ttl=x509_ttl,
-                jwt_ttl=jwt_ttl,
-                audiences=audiences,
-                dns_names=dns_names,
-                admin=admin,
-                disabled=disabled,
-            ),
-            actor=cli_actor(),
-        )
+        view = store.create(EntrySpec(**spec), actor=cli_actor())
     _print(view, output)
 
 
@@ -137,6 +160,11 @@ def update(data_dir: str | None, entry_id: str, output: str, **changes: Any) -> 
     given = {k: v for k, v in changes.items() if v not in (None, ())}
     if not given:
         raise click.UsageError("nothing to change: give at least one option")
+    directory = resolve_data_dir(data_dir)
+    if admin_client.available(directory):
+        path = f"/v1/entries/{entry_id}"
+        _print(admin_client.call(directory, "PATCH", path, _json_spec(given)), output)
+        return
     with data_directory(data_dir) as (config, database):
         store = EntryStore(database, TrustDomain(config.trust_domain))
         view = store.update(entry_id, given, actor=cli_actor())
@@ -148,6 +176,11 @@ def update(data_dir: str | None, entry_id: str, output: str, **changes: Any) -> 
 @click.argument("entry_id")
 def delete(data_dir: str | None, entry_id: str) -> None:
     """Delete a registration entry."""
+    directory = resolve_data_dir(data_dir)
+    if admin_client.available(directory):
+        admin_client.call(directory, "DELETE", f"/v1/entries/{entry_id}")
+        click.echo(f"Deleted entry {entry_id}")
+        return
     with data_directory(data_dir) as (config, database):
         EntryStore(database, TrustDomain(config.trust_domain)).delete(entry_id, actor=cli_actor())
     click.echo(f"Deleted entry {entry_id}")

@@ -15,6 +15,8 @@ from cli.bundle_commands import bundle
 from cli.entry_commands import entry
 from cli.hsm_commands import hsm
 from cli.init_command import init
+from cli.server_command import server
+from cli.token_commands import token
 from idmint import __version__
 from idmint.errors import IdmintError
 
@@ -39,6 +41,8 @@ cli.add_command(init)
 cli.add_command(bundle)
 cli.add_command(entry)
 cli.add_command(audit)
+cli.add_command(server)
+cli.add_command(token)
 cli.add_command(hsm)
 
 

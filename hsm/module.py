@@ -70,3 +70,14 @@ def release(loaded: LoadedModule) -> None:
     """Drop one user; the module stays initialised for the next one."""
     with _lock:
         loaded.users = max(0, loaded.users - 1)
+
+
+def finalize_all() -> None:
+    """Finalise every loaded module (before ``fork()``: children start clean)."""
+    with _lock:
+        for loaded in _modules.values():
+            try:
+                loaded.lib.finalize()
+            except pkcs11.PKCS11Error:
+                pass
+        _modules.clear()

@@ -87,12 +87,14 @@ def fresh_database(server: str) -> Iterator[str]:
 
     name = f"idmint_{uuid.uuid4().hex[:12]}"
     host, port = server.split(":")
-    with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres",
-                         autocommit=True) as admin:  # fmt: skip
+    with psycopg.connect(
+        host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True
+    ) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+psycopg://postgres@{server}/{name}"
     finally:
-        with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres",
-                             autocommit=True) as admin:  # fmt: skip
+        with psycopg.connect(
+            host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True
+        ) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -21,12 +21,28 @@ def data_dir(idmint: Runner, tmp_path: Path) -> Path:
 
 def _create(idmint: Runner, data: Path, *extra: str) -> dict[str, object]:
     done = idmint(
-        "entry", "create", "--data-dir", str(data),
-        "--spiffe-id", "spiffe://example.org/web", "--selector", "unix:uid:1000",
-        "--selector", "k8s:ns:prod", "--owner", "team-web", "--expires-at", "90d",
-        "--audience", "https://api.example.org", "--dns-name", "web.example.org",
-        "--output", "json", *extra,
-    )  # fmt: skip
+        "entry",
+        "create",
+        "--data-dir",
+        str(data),
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--selector",
+        "unix:uid:1000",
+        "--selector",
+        "k8s:ns:prod",
+        "--owner",
+        "team-web",
+        "--expires-at",
+        "90d",
+        "--audience",
+        "https://api.example.org",
+        "--dns-name",
+        "web.example.org",
+        "--output",
+        "json",
+        *extra,
+    )
     assert done.returncode == 0, done.stderr
     created: dict[str, object] = json.loads(done.stdout)
     return created
@@ -38,13 +54,23 @@ def test_entry_lifecycle(idmint: Runner, data_dir: Path) -> None:
     assert created["x509_ttl_seconds"] == 600 and created["jwt_ttl_seconds"] == 300
     entry_id = str(created["id"])
 
-    listed = json.loads(idmint("entry", "list", "--data-dir", str(data_dir), "--output", "json").stdout)
+    listed = json.loads(
+        idmint("entry", "list", "--data-dir", str(data_dir), "--output", "json").stdout
+    )
     assert [e["id"] for e in listed] == [entry_id]
 
     updated = idmint(
-        "entry", "update", entry_id, "--data-dir", str(data_dir), "--disabled",
-        "--x509-ttl", "30m", "--output", "json",
-    )  # fmt: skip
+        "entry",
+        "update",
+        entry_id,
+        "--data-dir",
+        str(data_dir),
+        "--disabled",
+        "--x509-ttl",
+        "30m",
+        "--output",
+        "json",
+    )
     assert updated.returncode == 0, updated.stderr
     changed = json.loads(updated.stdout)
     assert changed["disabled"] is True and changed["x509_ttl_seconds"] == 1800
@@ -55,7 +81,9 @@ def test_entry_lifecycle(idmint: Runner, data_dir: Path) -> None:
 
     assert idmint("entry", "delete", entry_id, "--data-dir", str(data_dir)).returncode == 0
     missing = idmint("entry", "show", entry_id, "--data-dir", str(data_dir))
-    assert missing.returncode == 1 and f"no registration entry with id '{entry_id}'" in missing.stderr
+    assert (
+        missing.returncode == 1 and f"no registration entry with id '{entry_id}'" in missing.stderr
+    )
 
     verified = idmint("audit", "verify", "--data-dir", str(data_dir), "--output", "json")
     assert verified.returncode == 0, verified.stderr

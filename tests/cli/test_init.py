@@ -119,15 +119,22 @@ def test_init_with_an_existing_token(
     env = {"SOFTHSM2_CONF": str(softhsm_dir / "softhsm2.conf")}
     done = idmint(
         "init",
-        "--data-dir", str(data),
-        "--trust-domain", "prod.example.com",
-        "--key-type", "ec-p384",
-        "--pkcs11-module", token.module,
-        "--token-label", token.label,
-        "--pin-file", str(token.user_pin_file),
-        "--output", "json",
+        "--data-dir",
+        str(data),
+        "--trust-domain",
+        "prod.example.com",
+        "--key-type",
+        "ec-p384",
+        "--pkcs11-module",
+        token.module,
+        "--token-label",
+        token.label,
+        "--pin-file",
+        str(token.user_pin_file),
+        "--output",
+        "json",
         env=env,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["root"]["key_uri"].startswith(f"pkcs11:token={token.label};")
@@ -144,9 +151,18 @@ def test_init_with_a_missing_module_creates_nothing(idmint: Runner, tmp_path: Pa
     pin.write_text("1234")
     pin.chmod(0o600)
     done = idmint(
-        "init", "--data-dir", str(data), "--trust-domain", "example.org",
-        "--pkcs11-module", "/nonexistent/lib.so", "--token-label", "x", "--pin-file", str(pin),
-    )  # fmt: skip
+        "init",
+        "--data-dir",
+        str(data),
+        "--trust-domain",
+        "example.org",
+        "--pkcs11-module",
+        "/nonexistent/lib.so",
+        "--token-label",
+        "x",
+        "--pin-file",
+        str(pin),
+    )
     assert done.returncode == 1 and "/nonexistent/lib.so" in done.stderr
     assert not data.exists()
 
@@ -155,9 +171,16 @@ def test_init_with_a_missing_module_creates_nothing(idmint: Runner, tmp_path: Pa
 def test_init_key_types(idmint: Runner, tmp_path: Path, key_type: str) -> None:
     data = tmp_path / key_type
     done = idmint(
-        "init", "--data-dir", str(data), "--trust-domain", "example.org",
-        "--key-type", key_type, "--output", "json",
-    )  # fmt: skip
+        "init",
+        "--data-dir",
+        str(data),
+        "--trust-domain",
+        "example.org",
+        "--key-type",
+        key_type,
+        "--output",
+        "json",
+    )
     assert done.returncode == 0, done.stderr
     root_pem = tmp_path / f"{key_type}.pem"
     root_pem.write_text(json.loads(done.stdout)["root"]["certificate_pem"])

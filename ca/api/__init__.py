@@ -1,0 +1,43 @@
+"""The HTTP API (Flask): an app factory and one blueprint per resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ca.api import admin, bundle, health, svid
+from ca.api.openapi import document
+from ca.api.problems import from_error, from_http
+from ca.config import CAConfig
+from idmint.errors import IdmintError
+
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+def create_app(config: CAConfig, rate_limit: str | None = "600/minute") -> Flask:
+    """A Flask app serving ``config``'s trust domain (services open lazily per process)."""
+    app = Flask("idmint")
+    app.config.update(
+        IDMINT_CONFIG=config,
+        IDMINT_RATE_LIMIT=rate_limit,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        JSON_SORT_KEYS=False,
+    )
+    for module in (svid, bundle, admin, health):
+        app.register_blueprint(module.blueprint)
+
+    @app.get("/v1/openapi.json")
+    def openapi() -> Any:
+        return jsonify(document())
+
+    @app.errorhandler(IdmintError)
+    def idmint_error(error: IdmintError) -> Any:
+        return from_error(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        return from_http(error)
+
+    return app

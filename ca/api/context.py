@@ -1,0 +1,93 @@
+"""Per-process state of the HTTP API: the CA service and the attestors.
+
+Opened lazily on the first request of each worker, after gunicorn forked:
+PKCS#11 sessions do not survive ``fork()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+
+from attestation import Attested, Attestor, get_attestor_class
+from attestation.join_token import JoinTokenAttestor
+from attestation.k8s_psat import KubernetesPSATAttestor
+from attestation.oidc import OIDCAttestor
+from attestation.x509pop import X509PoPAttestor
+from ca.config import CAConfig
+from ca.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
+from ca.service import CAService
+
+
+@dataclass
+class APIState:
+    """What the handlers use."""
+
+    service: CAService
+    attestors: dict[str, Attestor]
+    tokens: JoinTokens
+    nonces: Nonces
+    used: UsedEvidenceLedger
+
+    def attest(self, evidence: Any, now: datetime | None = None) -> Attested:
+        """Run the attestor the evidence names and spend its one-time keys."""
+        from attestation.base import AttestationFailed
+
+        if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
+            raise AttestationFailed(
+                f"'attestation' must be an object with a 'type' (one of {sorted(self.attestors)})"
+            )
+        kind = evidence["type"]
+        attestor = self.attestors.get(kind)
+        if attestor is None:
+            get_attestor_class(kind)  # unknown type: names the known ones
+            raise AttestationFailed(f"attestation type {kind!r} is not enabled on this server")
+        now = now or datetime.now(UTC)
+        attested = attestor.attest(evidence, now)
+        self.used.spend(attested.replay_keys, now)
+        return attested
+
+
+def build_attestors(config: CAConfig, tokens: JoinTokens, nonces: Nonces) -> dict[str, Attestor]:
+    """Join tokens always; OIDC, Kubernetes and x509pop when configured."""
+    section: dict[str, Any] = dict(config.extra.get("attestation", {}) or {})
+    base = Path(config.data_dir)
+    attestors: dict[str, Attestor] = {"join_token": JoinTokenAttestor(tokens)}
+    if section.get("oidc"):
+        attestors["oidc"] = OIDCAttestor.from_config(section["oidc"], base)
+    if section.get("k8s_psat"):
+        attestors["k8s_psat"] = KubernetesPSATAttestor.from_config(section["k8s_psat"], base)
+    if section.get("x509pop"):
+        attestors["x509pop"] = X509PoPAttestor.from_config(section["x509pop"], base, nonces)
+    return attestors
+
+
+_lock = threading.Lock()
+
+
+def state() -> APIState:
+    """The worker's APIState, opened on first use."""
+    app = current_app
+    found: APIState | None = app.extensions.get("idmint")
+    if found is None:
+        with _lock:
+            found = app.extensions.get("idmint")
+            if found is None:
+                config: CAConfig = app.config["IDMINT_CONFIG"]
+                service = CAService.open(config, run_migrations=False)
+                tokens = JoinTokens(service.database, service.trust_domain)
+                nonces = Nonces(service.database)
+                found = APIState(
+                    service=service,
+                    attestors=build_attestors(config, tokens, nonces),
+                    tokens=tokens,
+                    nonces=nonces,
+                    used=UsedEvidenceLedger(service.database),
+                )
+                app.extensions["idmint"] = found
+    return found

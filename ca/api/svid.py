@@ -1,0 +1,176 @@
+"""``/v1/svid``: X509-SVIDs and JWT-SVIDs for attested workloads, and renewal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from attestation.base import AttestationFailed
+from ca.api import metrics
+from ca.api.context import state
+from ca.api.limits import limit
+from ca.errors import CAError
+from ca.issuer import X509SVID
+from ca.pop import verify_proof
+from idmint.errors import IdmintError
+
+blueprint = Blueprint("svid", __name__)
+
+
+class BadRequest(CAError):
+    """The request body is not what this endpoint takes."""
+
+    code = "bad-request"
+
+
+def body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
+    return data
+
+
+def _text(data: dict[str, Any], name: str, required: bool = True) -> str | None:
+    value = data.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"'{name}' must be a non-empty string")
+    return value
+
+
+def _audiences(data: dict[str, Any]) -> list[str]:
+    value = data.get("audience")
+    audiences = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(audiences, list)
+        or not audiences
+        or not all(isinstance(a, str) and a for a in audiences)
+    ):
+        raise BadRequest("'audience' must be a non-empty string or list of strings")
+    return list(audiences)
+
+
+def _x509_response(svid: X509SVID) -> dict[str, Any]:
+    return {
+        "spiffe_id": svid.spiffe_id,
+        "chain_pem": svid.chain_pem,
+        "bundle_pem": svid.bundle_pem,
+        "serial": svid.serial,
+        "expires_at": svid.expires_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _observe(kind: str, work: Any) -> Any:
+    with metrics.ISSUANCE_SECONDS.labels(kind).time():
+        try:
+            result = work()
+        except IdmintError as error:
+            metrics.ISSUED.labels(kind, error.code).inc()
+            raise
+    metrics.ISSUED.labels(kind, "success").inc()
+    return result
+
+
+@blueprint.post("/v1/svid/x509")
+def x509_svid() -> Any:
+    """Attestation evidence + CSR -> X509-SVID."""
+    data = body()
+    limit(request.remote_addr or "-")
+    csr = _text(data, "csr")
+    spiffe_id = _text(data, "spiffe_id", required=False)
+    api = state()
+    attested = api.attest(data.get("attestation"))
+    limit(attested.subject)
+    svid = _observe(
+        "x509",
+        lambda: api.service.issuer.issue_x509(
+            attested.selectors,
+            (csr or "").encode("ascii", "replace"),
+            spiffe_id,
+            actor=attested.subject,
+            granted=attested.spiffe_id,
+        ),
+    )
+    return jsonify(_x509_response(svid)), 201
+
+
+@blueprint.post("/v1/svid/jwt")
+def jwt_svid() -> Any:
+    """Attestation evidence, or proof of a current X509-SVID, + audience -> JWT-SVID."""
+    data = body()
+    limit(request.remote_addr or "-")
+    audiences = _audiences(data)
+    spiffe_id = _text(data, "spiffe_id", required=False)
+    api = state()
+    now = datetime.now(UTC)
+    if "proof" in data:
+        proven = _prove(data["proof"], "jwt-svid", ",".join(audiences).encode(), now)
+        selectors: tuple[str, ...] = ()
+        actor, granted = f"svid:{proven}", proven
+        granted_id: str | None = granted
+    else:
+        attested = api.attest(data.get("attestation"), now)
+        selectors, actor, granted_id = attested.selectors, attested.subject, attested.spiffe_id
+    limit(actor)
+    svid = _observe(
+        "jwt",
+        lambda: api.service.issuer.issue_jwt(
+            selectors, audiences, spiffe_id, actor=actor, granted=granted_id
+        ),
+    )
+    return jsonify(
+        {
+            "spiffe_id": svid.spiffe_id,
+            "token": svid.token,
+            "expires_at": svid.expires_at.isoformat().replace("+00:00", "Z"),
+        }
+    ), 201
+
+
+def _prove(proof: Any, purpose: str, payload: bytes, now: datetime) -> str:
+    """Verify a proof of possession and spend it; return the proven SPIFFE ID."""
+    api = state()
+    issuer = api.service.issuer
+    proven = verify_proof(
+        proof,
+        purpose,
+        payload,
+        issuer.bundle().roots,
+        now,
+        is_revoked=issuer.is_revoked,
+    )
+    api.used.spend([proven.replay_key], now)
+    return proven.spiffe_id
+
+
+@blueprint.post("/v1/svid/x509/renew")
+def renew() -> Any:
+    """Proof of possession of a current X509-SVID + new CSR -> new X509-SVID."""
+    data = body()
+    limit(request.remote_addr or "-")
+    csr = _text(data, "csr")
+    assert csr is not None
+    api = state()
+    now = datetime.now(UTC)
+    if "proof" not in data:
+        raise AttestationFailed("renewal needs 'proof': a signature by the current SVID's key")
+    spiffe_id = _prove(data["proof"], "x509-renew", csr.encode("ascii", "replace"), now)
+    limit(spiffe_id)
+    svid = _observe(
+        "x509-renew",
+        lambda: api.service.issuer.issue_x509(
+            (), csr.encode("ascii", "replace"), actor=f"svid:{spiffe_id}", granted=spiffe_id
+        ),
+    )
+    return jsonify(_x509_response(svid)), 201
+
+
+@blueprint.get("/v1/nonce")
+def nonce() -> Any:
+    """A single-use nonce for x509pop attestation."""
+    limit(request.remote_addr or "-")
+    value, expires = state().nonces.issue("x509pop")
+    return jsonify({"nonce": value, "expires_at": expires.isoformat().replace("+00:00", "Z")})

@@ -1,0 +1,121 @@
+"""Proof of possession of a current X509-SVID, without re-attestation.
+
+A workload that holds an SVID proves it by signing a statement with the
+SVID's key: a fixed context, a purpose, the time, and a digest of what it
+asks for (the new CSR, or the request). The CA checks the chain against its
+own bundle, the time window, that the certificate is not revoked and its
+entry still usable, and spends the signature as a one-time key, so a
+captured request replays nowhere.
+
+Wire form (JSON): ``{"chain": PEM, "timestamp": unix seconds,
+"signature": base64}``; the signed bytes are
+``b"idmint-pop-v1\\0" + purpose + b"\\0" + str(timestamp) + b"\\0" + sha256(payload)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from attestation.base import AttestationFailed
+from attestation.x509pop import verify_signature
+
+WINDOW = timedelta(seconds=60)
+_CONTEXT = b"idmint-pop-v1\x00"
+
+
+def statement(purpose: str, timestamp: int, payload: bytes) -> bytes:
+    digest = hashlib.sha256(payload).hexdigest()
+    return _CONTEXT + f"{purpose}\x00{timestamp}\x00{digest}".encode("ascii")
+
+
+def make_proof(
+    chain_pem: str, private_key: Any, purpose: str, payload: bytes, now: datetime | None = None
+) -> dict[str, Any]:
+    """The client side: a proof object for ``payload``."""
+    timestamp = int((now or datetime.now(UTC)).timestamp())
+    message = statement(purpose, timestamp, payload)
+    signature = _sign(private_key, message)
+    return {
+        "chain": chain_pem,
+        "timestamp": timestamp,
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def _sign(private_key: Any, message: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    raise AttestationFailed(f"SVID keys are EC or RSA, not {type(private_key).__name__}")
+
+
+@dataclass(frozen=True)
+class ProvenSVID:
+    spiffe_id: str
+    serial: str
+    not_after: datetime
+    replay_key: tuple[str, datetime]
+
+
+def verify_proof(
+    proof: Mapping[str, Any],
+    purpose: str,
+    payload: bytes,
+    roots: Sequence[x509.Certificate],
+    now: datetime,
+    is_revoked: Callable[[str], bool],
+) -> ProvenSVID:
+    """Check a proof; raise :class:`AttestationFailed` naming what is wrong."""
+    if not isinstance(proof, Mapping):
+        raise AttestationFailed("proof must be an object with chain, timestamp and signature")
+    chain_pem, timestamp, signature_b64 = (
+        proof.get("chain"),
+        proof.get("timestamp"),
+        proof.get("signature"),
+    )
+    if not isinstance(chain_pem, str) or not isinstance(signature_b64, str):
+        raise AttestationFailed("proof needs 'chain' (PEM) and 'signature' (base64)")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int):
+        raise AttestationFailed("proof needs 'timestamp' (integer unix seconds)")
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    if abs(now - moment) > WINDOW:
+        raise AttestationFailed(
+            f"proof timestamp is {int((now - moment).total_seconds())}s off; "
+            f"it must be within {int(WINDOW.total_seconds())}s of the server's clock"
+        )
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))
+        signature = base64.b64decode(signature_b64, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise AttestationFailed(f"proof chain or signature is malformed: {exc}") from None
+    if not chain:
+        raise AttestationFailed("proof chain is empty")
+    leaf = chain[0]
+    verify_signature(leaf.public_key(), signature, statement(purpose, timestamp, payload))
+    verifier = PolicyBuilder().store(Store(list(roots))).time(now).build_client_verifier()
+    try:
+        verifier.verify(leaf, chain[1:])
+    except VerificationError as exc:
+        raise AttestationFailed(f"the SVID does not chain to this trust domain: {exc}") from None
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1 or not uris[0].startswith("spiffe://"):
+        raise AttestationFailed("the certificate is not an X509-SVID (one spiffe:// URI SAN)")
+    serial = format(leaf.serial_number, "x")
+    if is_revoked(serial):
+        raise AttestationFailed(f"the SVID with serial {serial} is revoked")
+    key = "pop:" + hashlib.sha256(signature).hexdigest()
+    return ProvenSVID(uris[0], serial, leaf.not_valid_after_utc, (key, now + 2 * WINDOW))

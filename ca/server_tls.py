@@ -1,0 +1,76 @@
+"""The server's own TLS certificate, issued by its CA at start-up.
+
+The key is a software P-256 key in ``DIR/server/tls.key`` (mode 0600): it
+protects transport, not identity issuance, and gunicorn needs it as a file.
+The chain (server certificate + intermediate) goes to ``DIR/server/tls.pem``
+and the bundle to ``DIR/server/bundle.pem``, for clients of the local socket.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca.authority import active, signing_key
+from ca.bundle import load_bundle
+from ca.profiles import server_certificate, signature_hash
+from ca.storage.db import Database
+from ca.storage.models import AuthorityKind
+from hsm import KeyStore
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    certfile: Path
+    keyfile: Path
+    bundle: Path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+def issue_server_tls(
+    keystore: KeyStore,
+    database: Database,
+    directory: Path,
+    dns_names: list[str],
+    ip_addresses: list[str],
+    trust_domain: str,
+) -> ServerTLS:
+    """A fresh key and certificate for the server, valid as long as the intermediate."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    intermediate = active(database, AuthorityKind.INTERMEDIATE)
+    assert intermediate.certificate_pem is not None
+    issuer = x509.load_pem_x509_certificate(intermediate.certificate_pem.encode("ascii"))
+    issuer_key = signing_key(keystore, intermediate)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    certificate = server_certificate(
+        key.public_key(), issuer, dns_names, ip_addresses, now, issuer.not_valid_after_utc
+    ).sign(issuer_key, signature_hash(issuer_key.public_key()))
+    paths = ServerTLS(directory / "tls.pem", directory / "tls.key", directory / "bundle.pem")
+    _write_private(
+        paths.keyfile,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    chain = certificate.public_bytes(
+        serialization.Encoding.PEM
+    ) + intermediate.certificate_pem.encode("ascii")
+    paths.certfile.write_bytes(chain)
+    paths.bundle.write_text(load_bundle(database, trust_domain).pem(), encoding="ascii")
+    return paths

@@ -1,0 +1,79 @@
+"""Everything a running CA needs, opened from a configuration.
+
+The server builds one :class:`CAService` per worker process, after the fork:
+a PKCS#11 module initialised before ``fork()`` is not usable in the child.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ca.authority import ensure_authorities
+from ca.config import CAConfig
+from ca.entries import EntryStore
+from ca.issuer import Issuer
+from ca.recorder import Recorder
+from ca.spiffe_id import TrustDomain
+from ca.storage.db import Database, migrate
+from hsm import KeyStore, KeyType
+
+
+@dataclass
+class CAService:
+    """Open handles of one trust domain: token, database, issuer."""
+
+    config: CAConfig
+    trust_domain: TrustDomain
+    keystore: KeyStore
+    database: Database
+    recorder: Recorder
+    issuer: Issuer
+    entries: EntryStore
+
+    @classmethod
+    def open(cls, config: CAConfig, run_migrations: bool = True) -> CAService:
+        if run_migrations:
+            migrate(config.database_url)
+        trust_domain = TrustDomain(config.trust_domain)
+        keystore = KeyStore(config.hsm)
+        database = Database(config.database_url)
+        try:
+            ensure_authorities(
+                keystore,
+                database,
+                trust_domain.name,
+                intermediate_key_type=KeyType.parse(config.intermediate_key_type),
+                intermediate_lifetime=timedelta(hours=config.intermediate_lifetime_hours),
+                jwt_algorithm_=config.jwt_algorithm,
+                jwt_lifetime=timedelta(hours=config.jwt_lifetime_hours),
+            )
+            recorder = Recorder(database)
+            issuer = Issuer(
+                keystore,
+                database,
+                trust_domain,
+                config.issuer_url,
+                recorder=recorder,
+                cache_seconds=config.cache_seconds,
+                crl_url=config.crl_url,
+                ocsp_url=config.ocsp_url,
+            )
+        except BaseException:
+            keystore.close()
+            database.close()
+            raise
+        return cls(
+            config=config,
+            trust_domain=trust_domain,
+            keystore=keystore,
+            database=database,
+            recorder=recorder,
+            issuer=issuer,
+            entries=EntryStore(database, trust_domain),
+        )
+
+    def close(self) -> None:
+        self.recorder.close()
+        self.keystore.close()
+        self.database.close()

@@ -1,0 +1,81 @@
+"""``idmint token``: one-time join tokens for workloads and nodes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+
+from ca.config import resolve_data_dir
+from ca.ledgers import JoinTokens
+from ca.spiffe_id import TrustDomain
+from cli import admin_client
+from cli.context import data_directory
+from cli.options import Duration, cli_actor, data_dir_option
+from cli.output import emit_json, output_option
+
+
+@click.group()
+def token() -> None:
+    """Create, list and revoke join tokens."""
+
+
+@token.command("create")
+@data_dir_option
+@click.option("--spiffe-id", required=True, help="The SPIFFE ID the token grants (needs an entry).")
+@click.option("--ttl", type=Duration(), default="10m", show_default=True)
+@output_option
+def create(data_dir: str | None, spiffe_id: str, ttl: timedelta, output: str) -> None:
+    """Create a one-time join token; it is shown once."""
+    directory = resolve_data_dir(data_dir)
+    if admin_client.available(directory):
+        made = admin_client.call(
+            directory,
+            "POST",
+            "/v1/join-tokens",
+            {"spiffe_id": spiffe_id, "ttl_seconds": int(ttl.total_seconds())},
+        )
+    else:
+        with data_directory(data_dir) as (config, database):
+            issued = JoinTokens(database, TrustDomain(config.trust_domain)).create(
+                spiffe_id, ttl, cli_actor()
+            )
+        made = {
+            "id": issued.id,
+            "token": issued.token,
+            "spiffe_id": issued.spiffe_id,
+            "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
+        }
+    if output == "json":
+        emit_json(made)
+    else:
+        click.echo(made["token"])
+
+
+@token.command("list")
+@data_dir_option
+@output_option
+def list_(data_dir: str | None, output: str) -> None:
+    """List join tokens (never the secrets)."""
+    with data_directory(data_dir) as (config, database):
+        views = JoinTokens(database, TrustDomain(config.trust_domain)).list()
+    if output == "json":
+        emit_json([v.to_json() for v in views])
+        return
+    for v in views:
+        row = v.to_json()
+        click.echo(f"{v.id}  {v.spiffe_id}  {row['state']}  expires {row['expires_at']}")
+
+
+@token.command("revoke")
+@data_dir_option
+@click.argument("token_id")
+def revoke(data_dir: str | None, token_id: str) -> None:
+    """Revoke an unused join token."""
+    directory = resolve_data_dir(data_dir)
+    if admin_client.available(directory):
+        admin_client.call(directory, "DELETE", f"/v1/join-tokens/{token_id}")
+    else:
+        with data_directory(data_dir) as (config, database):
+            JoinTokens(database, TrustDomain(config.trust_domain)).revoke(token_id, cli_actor())
+    click.echo(f"Revoked join token {token_id}")
