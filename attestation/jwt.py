@@ -102,6 +102,13 @@ def verify_jwt(
     return VerifiedJWT(header, claims)
 
 
+def as_datetime(timestamp: float) -> datetime:
+    """A NumericDate as an aware datetime, clamped to what datetime can hold."""
+    from datetime import UTC
+
+    return datetime.fromtimestamp(min(max(timestamp, 0.0), 253402214400.0), UTC)
+
+
 def _numeric(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
     value = claims.get(name)
     if value is None and not required:
@@ -129,7 +136,7 @@ def _check_claims(
     exp = _numeric(claims, "exp", required=True)
     assert exp is not None
     if moment > exp + slack:
-        raise AttestationFailed(f"token expired at {datetime.fromtimestamp(exp).isoformat()}")
+        raise AttestationFailed(f"token expired at {as_datetime(exp).isoformat()}")
     nbf = _numeric(claims, "nbf", required=False)
     if nbf is not None and moment + slack < nbf:
         raise AttestationFailed("token is not valid yet (nbf is in the future)")

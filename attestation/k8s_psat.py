@@ -9,12 +9,12 @@ cluster is named in config, ``k8s:cluster``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from attestation.base import AttestationFailed, Attested, Attestor, register, require
-from attestation.jwt import replay_key, verify_jwt
+from attestation.jwt import as_datetime, replay_key, verify_jwt
 from attestation.oidc import JWKSSource, _kid_of
 
 
@@ -74,7 +74,7 @@ class KubernetesPSATAttestor(Attestor):
         selectors += [f"k8s:pod-name:{pod.get('name')}", f"k8s:pod-uid:{pod.get('uid')}"]
         if self.cluster:
             selectors.append(f"k8s:cluster:{self.cluster}")
-        expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
+        expires = as_datetime(float(claims["exp"]))
         return Attested(
             selectors=tuple(sorted(selectors)),
             subject=f"k8s:{namespace}/{account.get('name')}/{pod.get('name')}",

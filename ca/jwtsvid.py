@@ -192,7 +192,7 @@ def _check_times(claims: Mapping[str, Any], now: datetime, leeway: timedelta) ->
         raise InvalidJWTSVID("JWT-SVID has no numeric exp")
     moment, slack = now.timestamp(), leeway.total_seconds()
     if moment > exp + slack:
-        expired = datetime.fromtimestamp(exp, now.tzinfo).isoformat()
+        expired = datetime.fromtimestamp(max(float(exp), 0.0), now.tzinfo).isoformat()
         raise InvalidJWTSVID(
             f"JWT-SVID expired at {expired} (now {now.isoformat()}, leeway {int(slack)}s)"
         )

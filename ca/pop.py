@@ -90,10 +90,12 @@ def verify_proof(
         raise AttestationFailed("proof needs 'chain' (PEM) and 'signature' (base64)")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
         raise AttestationFailed("proof needs 'timestamp' (integer unix seconds)")
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    if abs(now - moment) > WINDOW:
+    # Compare as numbers first: a timestamp far outside datetime's range must
+    # be refused, not crash the conversion.
+    skew = now.timestamp() - timestamp
+    if abs(skew) > WINDOW.total_seconds():
         raise AttestationFailed(
-            f"proof timestamp is {int((now - moment).total_seconds())}s off; "
+            f"proof timestamp is {int(skew)}s off; "
             f"it must be within {int(WINDOW.total_seconds())}s of the server's clock"
         )
     try:

@@ -16,6 +16,7 @@ from cli.entry_commands import entry
 from cli.hsm_commands import hsm
 from cli.init_command import init
 from cli.server_command import server
+from cli.svid_commands import svid
 from cli.token_commands import token
 from idmint import __version__
 from idmint.errors import IdmintError
@@ -43,6 +44,7 @@ cli.add_command(entry)
 cli.add_command(audit)
 cli.add_command(server)
 cli.add_command(token)
+cli.add_command(svid)
 cli.add_command(hsm)
 
 

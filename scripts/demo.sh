@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # Set up and run idmint on the embedded default (a SoftHSM token and SQLite in
-# one data directory). Data directory: $IDMINT_DATA_DIR or ./demo-data.
+# one data directory), then serve the HTTPS API. Data directory:
+# $IDMINT_DATA_DIR or ./demo-data. Stop with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 data_dir="${IDMINT_DATA_DIR:-$PWD/demo-data}"
 trust_domain="${IDMINT_TRUST_DOMAIN:-demo.idmint.test}"
+listen="${IDMINT_LISTEN:-127.0.0.1:8443}"
+idmint=.venv/bin/idmint
 if [[ ! -f "$data_dir/idmint.toml" ]]; then
-    .venv/bin/idmint init --data-dir "$data_dir" --trust-domain "$trust_domain"
-else
-    echo "Trust domain already initialised in $data_dir; its root:"
-    .venv/bin/idmint bundle show --data-dir "$data_dir"
+    "$idmint" init --data-dir "$data_dir" --trust-domain "$trust_domain"
 fi
-echo
-echo "Keys on the token (never extractable):"
-.venv/bin/idmint hsm keys --data-dir "$data_dir"
+cat <<EOT
+
+idmint is starting on https://$listen for $trust_domain (data: $data_dir).
+Get a first credential from another terminal:
+
+  $idmint entry create --data-dir $data_dir --spiffe-id spiffe://$trust_domain/demo \\
+      --selector join_token:any:true --owner "\$USER" --expires-at 30d
+  TOKEN=\$($idmint token create --data-dir $data_dir --spiffe-id spiffe://$trust_domain/demo)
+  $idmint svid x509 --server https://$listen --bundle $data_dir/server/bundle.pem \\
+      --join-token "\$TOKEN" --out ./demo-svid
+  openssl x509 -in ./demo-svid/svid.pem -noout -subject -ext subjectAltName
+
+EOT
+exec "$idmint" server --data-dir "$data_dir" --listen "$listen"

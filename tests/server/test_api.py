@@ -153,17 +153,15 @@ def test_replayed_pipeline_token_is_refused(server: Server) -> None:
 
 def test_kubernetes_projected_token(server: Server) -> None:
     server.entry("spiffe://example.org/k8s/prod/web", ["k8s:ns:prod", "k8s:sa:web"])
-    claims = server.k8s.claims(
-        "idmint",
-        sub="system:serviceaccount:prod:web",
-        **{
-            "kubernetes.io": {
-                "namespace": "prod",
-                "serviceaccount": {"name": "web", "uid": "u1"},
-                "pod": {"name": "web-1", "uid": "p1"},
-            }
+    extra: dict[str, Any] = {
+        "sub": "system:serviceaccount:prod:web",
+        "kubernetes.io": {
+            "namespace": "prod",
+            "serviceaccount": {"name": "web", "uid": "u1"},
+            "pod": {"name": "web-1", "uid": "p1"},
         },
-    )
+    }
+    claims = server.k8s.claims("idmint", **extra)
     key = ec.generate_private_key(ec.SECP256R1())
     status, _, body = server.request(
         "POST",
@@ -309,7 +307,7 @@ def test_admin_svid_may_administer(server: Server) -> None:
 def test_bundle_metrics_and_health(server: Server) -> None:
     status, _, bundle = server.request("GET", "/v1/bundle")
     assert status == 200 and {k["use"] for k in bundle["keys"]} == {"x509-svid", "jwt-svid"}
-    status, headers, pem = server.request("GET", "/v1/bundle?format=pem")
+    status, _, pem = server.request("GET", "/v1/bundle?format=pem")
     assert status == 200 and pem.startswith(b"-----BEGIN CERTIFICATE-----")
     status, _, metrics = server.request("GET", "/metrics")
     assert status == 200
@@ -322,7 +320,7 @@ def test_bundle_metrics_and_health(server: Server) -> None:
 
 
 def test_request_size_limit_and_bad_json(server: Server) -> None:
-    status, headers, body = server.request("POST", "/v1/svid/x509", raw=b"{" + b" " * 70_000 + b"}")
+    status, headers, _ = server.request("POST", "/v1/svid/x509", raw=b"{" + b" " * 70_000 + b"}")
     assert status == 413 and headers["content-type"].startswith("application/problem+json")
     _problem(
         *server.request("POST", "/v1/svid/x509", raw=b"not json"), 400, "must be a JSON object"

@@ -1,0 +1,189 @@
+"""``idmint svid``: a workload or pipeline gets its SVID from a server.
+
+The key is generated here and never leaves this machine; files are written
+atomically (a temporary file renamed into place), the key with mode 0600.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca.errors import CAError
+from cli.output import emit_json, output_option
+
+
+class ServerRefused(CAError):
+    """The server answered with a problem document."""
+
+    code = "server-refused"
+
+
+def _post(server: str, bundle: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    parts = urlsplit(server)
+    if parts.scheme != "https" or not parts.hostname:
+        raise click.BadParameter(f"{server!r} is not an https:// URL", param_hint="--server")
+    context = ssl.create_default_context(cafile=bundle)
+    connection = http.client.HTTPSConnection(
+        parts.hostname, parts.port or 443, context=context, timeout=30
+    )
+    try:
+        connection.request(
+            "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        data = response.read()
+    except (OSError, ssl.SSLError) as exc:
+        raise ServerRefused(f"cannot reach {server}: {exc}") from None
+    finally:
+        connection.close()
+    try:
+        decoded: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise ServerRefused(f"{server} answered HTTP {response.status} without JSON") from None
+    if response.status >= 400:
+        raise ServerRefused(f"{decoded.get('detail', decoded)} (HTTP {response.status})")
+    return decoded
+
+
+def _evidence(
+    join_token: str | None, oidc_token_file: str | None, k8s_token_file: str | None
+) -> dict[str, Any]:
+    given = [v for v in (join_token, oidc_token_file, k8s_token_file) if v]
+    if len(given) != 1:
+        raise click.UsageError(
+            "give exactly one of --join-token, --oidc-token-file, --k8s-token-file"
+        )
+    if join_token:
+        return {"type": "join_token", "token": join_token}
+    path = oidc_token_file or k8s_token_file
+    assert path is not None
+    token = Path(path).read_text(encoding="utf-8").strip()
+    return {"type": "oidc" if oidc_token_file else "k8s_psat", "token": token}
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so readers never see a partial file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+evidence_options = [
+    click.option("--server", required=True, envvar="IDMINT_SERVER", help="https://HOST:PORT"),
+    click.option(
+        "--bundle",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="PEM bundle to trust for the server.",
+    ),
+    click.option("--join-token", envvar="IDMINT_JOIN_TOKEN", help="One-time join token."),
+    click.option("--oidc-token-file", type=click.Path(exists=True, dir_okay=False)),
+    click.option("--k8s-token-file", type=click.Path(exists=True, dir_okay=False)),
+    click.option("--spiffe-id", help="Which SPIFFE ID, when several entries match."),
+]
+
+
+def _with_evidence(function: Any) -> Any:
+    for option in reversed(evidence_options):
+        function = option(function)
+    return function
+
+
+@click.group()
+def svid() -> None:
+    """Get SVIDs from an idmint server."""
+
+
+@svid.command("x509")
+@_with_evidence
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Directory to write to."
+)
+@output_option
+def x509_command(
+    server: str,
+    bundle: str,
+    join_token: str | None,
+    oidc_token_file: str | None,
+    k8s_token_file: str | None,
+    spiffe_id: str | None,
+    out: str,
+    output: str,
+) -> None:
+    """Write svid.pem, svid.key (0600) and bundle.pem to --out."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    body: dict[str, Any] = {
+        "attestation": _evidence(join_token, oidc_token_file, k8s_token_file),
+        "csr": csr,
+    }
+    if spiffe_id:
+        body["spiffe_id"] = spiffe_id
+    issued = _post(server, bundle, "/v1/svid/x509", body)
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_atomic(directory / "svid.key", key_pem, 0o600)
+    write_atomic(directory / "svid.pem", issued["chain_pem"].encode())
+    write_atomic(directory / "bundle.pem", issued["bundle_pem"].encode())
+    summary = {k: issued[k] for k in ("spiffe_id", "serial", "expires_at")}
+    if output == "json":
+        emit_json({**summary, "out": str(directory)})
+    else:
+        click.echo(f"{issued['spiffe_id']} until {issued['expires_at']} -> {directory}")
+
+
+@svid.command("jwt")
+@_with_evidence
+@click.option("--audience", "audiences", multiple=True, required=True)
+@output_option
+def jwt_command(
+    server: str,
+    bundle: str,
+    join_token: str | None,
+    oidc_token_file: str | None,
+    k8s_token_file: str | None,
+    spiffe_id: str | None,
+    audiences: tuple[str, ...],
+    output: str,
+) -> None:
+    """Print a JWT-SVID for --audience."""
+    body: dict[str, Any] = {
+        "attestation": _evidence(join_token, oidc_token_file, k8s_token_file),
+        "audience": list(audiences),
+    }
+    if spiffe_id:
+        body["spiffe_id"] = spiffe_id
+    issued = _post(server, bundle, "/v1/svid/jwt", body)
+    if output == "json":
+        emit_json(issued)
+    else:
+        click.echo(issued["token"])
