@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,8 @@ class KeyStore:
         self._public_keys: dict[bytes, tuple[KeyType, PublicKey]] = {}
         self._admin_lock = threading.Lock()
         self._closed = False
+        #: Called with the seconds each signature took (metrics); None: not timed.
+        self.sign_observer: Callable[[float], None] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -238,7 +241,11 @@ class KeyStore:
             key = pooled.keys.get(key_id)
             if key is None:
                 key = self._key_on(pooled, key_id)
+            observer = self.sign_observer
+            began = time.perf_counter() if observer is not None else 0.0
             result: bytes = key.sign(data, mechanism=mechanism, mechanism_param=mechanism_param)
+            if observer is not None:
+                observer(time.perf_counter() - began)
         except SESSION_LOST_ERRORS:
             pool.discard(pooled)
             raise

@@ -80,6 +80,9 @@ def state() -> APIState:
             if found is None:
                 config: CAConfig = app.config["IDMINT_CONFIG"]
                 service = CAService.open(config, run_migrations=False)
+                from ca.api import metrics
+
+                service.keystore.sign_observer = metrics.HSM_SIGN_SECONDS.observe
                 tokens = JoinTokens(service.database, service.trust_domain)
                 nonces = Nonces(service.database)
                 found = APIState(

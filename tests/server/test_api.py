@@ -305,6 +305,7 @@ def test_admin_svid_may_administer(server: Server) -> None:
 
 
 def test_bundle_metrics_and_health(server: Server) -> None:
+    server.x509_by_token("spiffe://example.org/http/metrics")
     status, _, bundle = server.request("GET", "/v1/bundle")
     assert status == 200 and {k["use"] for k in bundle["keys"]} == {"x509-svid", "jwt-svid"}
     status, _, pem = server.request("GET", "/v1/bundle?format=pem")
