@@ -46,5 +46,11 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 extras=""
 ((want_test)) && extras="[test,postgres]"
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+log=.venv/install.log
+if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip \
+        && .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"; } \
+        >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "idmint: installing the Python package failed (log above, also in $log)" >&2
+    exit 1
+fi
