@@ -15,6 +15,7 @@ from cli.bundle_commands import bundle
 from cli.entry_commands import entry
 from cli.hsm_commands import hsm
 from cli.init_command import init
+from cli.revoke_commands import revoke
 from cli.server_command import server
 from cli.svid_commands import svid
 from cli.token_commands import token
@@ -45,6 +46,7 @@ cli.add_command(audit)
 cli.add_command(server)
 cli.add_command(token)
 cli.add_command(svid)
+cli.add_command(revoke)
 cli.add_command(hsm)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from ca.api import admin, bundle, health, svid
+from ca.api import admin, bundle, health, revocation, svid
 from ca.api.openapi import document
 from ca.api.problems import from_error, from_http
 from ca.config import CAConfig
@@ -25,7 +25,7 @@ def create_app(config: CAConfig, rate_limit: str | None = "600/minute") -> Flask
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
     )
-    for module in (svid, bundle, admin, health):
+    for module in (svid, bundle, admin, health, revocation):
         app.register_blueprint(module.blueprint)
 
     @app.get("/v1/openapi.json")

@@ -280,6 +280,82 @@ def document() -> dict[str, Any]:
                     "responses": {"204": {"description": "Revoked"}, **_problems(*_ADMIN)},
                 },
             },
+            "/v1/crl": {
+                "get": {
+                    "summary": "CRL of the issuing authority (DER)",
+                    "responses": {
+                        "200": {
+                            "description": "DER CRL",
+                            "content": {"application/pkix-crl": {"schema": {"type": "string"}}},
+                        },
+                        **_problems(*_COMMON),
+                    },
+                }
+            },
+            "/v1/ocsp": {
+                "post": {
+                    "summary": "OCSP (RFC 6960), DER request in the body",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/ocsp-request": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "DER OCSP response (may be unsuccessful)",
+                            "content": {
+                                "application/ocsp-response": {"schema": {"type": "string"}}
+                            },
+                        },
+                        **_problems(*_COMMON),
+                    },
+                }
+            },
+            "/v1/svid/jwt/validate": {
+                "post": {
+                    "summary": "Validate a JWT-SVID for an audience (honours revocations)",
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["token", "audience"],
+                            "properties": {
+                                "token": {"type": "string"},
+                                "audience": {"type": "string"},
+                            },
+                        }
+                    ),
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["spiffe_id", "claims"]}),
+                        **_problems(*_COMMON, 401),
+                    },
+                }
+            },
+            "/v1/revocations": {
+                "post": {
+                    "summary": "Revoke an X509-SVID, a JWT-SVID or an entry",
+                    "security": ADMIN_SECURITY,
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["kind"],
+                            "properties": {
+                                "kind": {"type": "string", "enum": ["x509", "jwt", "entry"]},
+                                "serial": {"type": "string"},
+                                "jti": {"type": "string"},
+                                "entry_id": {"type": "string"},
+                                "reason": {"type": "string"},
+                            },
+                        }
+                    ),
+                    "responses": {
+                        "201": _json({"type": "object"}, "Revoked"),
+                        **_problems(*_ADMIN),
+                    },
+                }
+            },
             "/healthz": {"get": {"responses": {"200": _json({"type": "object"})}}},
             "/readyz": {
                 "get": {

@@ -31,6 +31,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "not-found": 404,
     "rate-limited": 429,
     "revoked": 403,
+    "already-revoked": 409,
+    "invalid-jwt-svid": 401,
     "hsm-error": 503,
     "hsm-session-lost": 503,
     "hsm-signing-failed": 503,

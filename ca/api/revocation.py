@@ -1,0 +1,147 @@
+"""Revocation over HTTP: CRL, OCSP, JWT-SVID validation with the denylist, admin revocations."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import func, select
+
+from ca.api.auth import require_admin
+from ca.api.context import state
+from ca.api.limits import limit
+from ca.api.svid import BadRequest, body
+from ca.crl import NEXT_UPDATE, build_crl
+from ca.jwtsvid import InvalidJWTSVID, jwks_keys, validate_jwt_svid
+from ca.ocsp import respond
+from ca.revocation import revoke_credential, revoke_entry, revoked_identifiers
+from ca.storage.models import CredentialKind, IssuedCredential, Revocation
+
+blueprint = Blueprint("revocation", __name__)
+_crl_lock = threading.Lock()
+_crl_cache: dict[str, Any] = {}
+
+
+def _revocation_marker() -> tuple[int, Any]:
+    """Changes whenever a revocation is added anywhere (any replica)."""
+    with state().service.database.session() as session:
+        count, latest = session.execute(
+            select(func.count(Revocation.id), func.max(Revocation.revoked_at))
+        ).one()
+    return int(count), latest
+
+
+@blueprint.get("/v1/crl")
+def crl() -> Any:
+    """The DER CRL of the active issuing authority, signed in the HSM."""
+    limit(request.remote_addr or "-")
+    issuer = state().service.issuer
+    ca = issuer.state().ca
+    marker = (ca.row.id, _revocation_marker())
+    now = datetime.now(UTC)
+    with _crl_lock:
+        cached = _crl_cache.get("crl")
+        if cached is None or cached[0] != marker or now > cached[1] + NEXT_UPDATE / 2:
+            revoked = revoked_identifiers(
+                issuer.database, CredentialKind.X509, now, authority_id=ca.row.id
+            )
+            der = build_crl(ca.certificate, ca.key, revoked, now)
+            cached = _crl_cache["crl"] = (marker, now, der)
+    return Response(cached[2], mimetype="application/pkix-crl")
+
+
+def _status(serial: str) -> tuple[str, datetime | None, str | None] | None:
+    database = state().service.database
+    with database.session() as session:
+        revoked = session.execute(
+            select(Revocation.revoked_at, Revocation.reason)
+            .where(Revocation.kind == CredentialKind.X509)
+            .where(Revocation.identifier == serial)
+        ).first()
+        if revoked is not None:
+            return ("revoked", revoked.revoked_at, revoked.reason)
+        issued = session.scalar(
+            select(IssuedCredential.id)
+            .where(IssuedCredential.kind == CredentialKind.X509)
+            .where(IssuedCredential.identifier == serial)
+        )
+    return None if issued is None else ("good", None, None)
+
+
+def _ocsp(request_der: bytes) -> Response:
+    limit(request.remote_addr or "-")
+    ca = state().service.issuer.state().ca
+    issuers: list[tuple[x509.Certificate, object]] = [(ca.certificate, ca.key)]
+    der = respond(request_der, issuers, _status, datetime.now(UTC))
+    return Response(der, mimetype="application/ocsp-response")
+
+
+@blueprint.post("/v1/ocsp")
+def ocsp_post() -> Any:
+    """RFC 6960 over HTTP POST (application/ocsp-request)."""
+    return _ocsp(request.get_data())
+
+
+@blueprint.get("/v1/ocsp/<path:encoded>")
+def ocsp_get(encoded: str) -> Any:
+    """RFC 6960 appendix A.1 GET: the base64 DER request in the path."""
+    try:
+        der = base64.b64decode(encoded.replace("%2F", "/").replace("%2B", "+"), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("the OCSP request in the URL is not base64") from None
+    return _ocsp(der)
+
+
+@blueprint.post("/v1/svid/jwt/validate")
+def validate_jwt() -> Any:
+    """Validate a JWT-SVID for an audience, honouring revocations (like ValidateJWTSVID)."""
+    data = body()
+    limit(request.remote_addr or "-")
+    token, audience = data.get("token"), data.get("audience")
+    if not isinstance(token, str) or not isinstance(audience, str) or not audience:
+        raise BadRequest("'token' and 'audience' (strings) are required")
+    service = state().service
+    bundle = service.issuer.bundle()
+    claims = validate_jwt_svid(
+        token, audience, jwks_keys(bundle.jwks()), service.trust_domain, datetime.now(UTC)
+    )
+    with service.database.session() as session:
+        denied = session.scalar(
+            select(Revocation.id)
+            .where(Revocation.kind == CredentialKind.JWT)
+            .where(Revocation.identifier == str(claims.get("jti")))
+        )
+    if denied is not None:
+        raise InvalidJWTSVID(f"JWT-SVID {claims.get('jti')} was revoked")
+    return jsonify({"spiffe_id": claims["sub"], "claims": claims})
+
+
+@blueprint.post("/v1/revocations")
+def revoke() -> Any:
+    """Admin: revoke an X509-SVID (serial), a JWT-SVID (jti) or an entry (id)."""
+    actor = require_admin()
+    data = body()
+    kind, reason = data.get("kind"), data.get("reason", "unspecified")
+    if not isinstance(reason, str):
+        raise BadRequest("'reason' must be a string")
+    service = state().service
+    if kind == "entry":
+        entry_id = data.get("entry_id")
+        if not isinstance(entry_id, str):
+            raise BadRequest("'entry_id' (string) is required to revoke an entry")
+        done = revoke_entry(service.database, entry_id, actor, reason)
+        service.issuer.invalidate()
+        return jsonify({"revoked": [d.identifier for d in done], "entry_id": entry_id}), 201
+    if kind not in ("x509", "jwt"):
+        raise BadRequest("'kind' must be x509, jwt or entry")
+    name = "serial" if kind == "x509" else "jti"
+    identifier = data.get(name)
+    if not isinstance(identifier, str) or not identifier:
+        raise BadRequest(f"'{name}' (string) is required to revoke a {kind} credential")
+    one = revoke_credential(service.database, CredentialKind(kind), identifier, actor, reason)
+    return jsonify({"revoked": [one.identifier], "kind": kind}), 201

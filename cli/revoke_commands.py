@@ -1,0 +1,78 @@
+"""``idmint revoke``: revoke an X509-SVID, a JWT-SVID or a registration entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ca.config import resolve_data_dir
+from ca.revocation import REASONS, revoke_credential, revoke_entry
+from ca.storage.models import CredentialKind
+from cli import admin_client
+from cli.context import data_directory
+from cli.options import cli_actor, data_dir_option
+from cli.output import emit_json, output_option
+
+reason_option = click.option(
+    "--reason", type=click.Choice(sorted(REASONS)), default="unspecified", show_default=True
+)
+
+
+def _revoke(data_dir: str | None, body: dict[str, Any], output: str) -> None:
+    directory = resolve_data_dir(data_dir)
+    if admin_client.available(directory):
+        result = admin_client.call(directory, "POST", "/v1/revocations", body)
+        revoked = result["revoked"]
+    else:
+        with data_directory(data_dir) as (_config, database):
+            kind = body["kind"]
+            if kind == "entry":
+                done = revoke_entry(database, body["entry_id"], cli_actor(), body["reason"])
+            else:
+                identifier = body["serial"] if kind == "x509" else body["jti"]
+                done = [
+                    revoke_credential(
+                        database, CredentialKind(kind), identifier, cli_actor(), body["reason"]
+                    )
+                ]
+        revoked = [d.identifier for d in done]
+    if output == "json":
+        emit_json({"kind": body["kind"], "revoked": revoked})
+    else:
+        click.echo(f"Revoked {len(revoked)} credential(s): {', '.join(revoked) or '-'}")
+
+
+@click.group()
+def revoke() -> None:
+    """Revoke credentials and identities (durable, audited, on every replica)."""
+
+
+@revoke.command("x509")
+@data_dir_option
+@click.option("--serial", required=True, help="Hex serial number of the X509-SVID.")
+@reason_option
+@output_option
+def x509_command(data_dir: str | None, serial: str, reason: str, output: str) -> None:
+    """Put an X509-SVID on the CRL and make OCSP answer revoked."""
+    _revoke(data_dir, {"kind": "x509", "serial": serial, "reason": reason}, output)
+
+
+@revoke.command("jwt")
+@data_dir_option
+@click.option("--jti", required=True)
+@reason_option
+@output_option
+def jwt_command(data_dir: str | None, jti: str, reason: str, output: str) -> None:
+    """Deny a JWT-SVID until it expires."""
+    _revoke(data_dir, {"kind": "jwt", "jti": jti, "reason": reason}, output)
+
+
+@revoke.command("entry")
+@data_dir_option
+@click.option("--id", "entry_id", required=True)
+@reason_option
+@output_option
+def entry_command(data_dir: str | None, entry_id: str, reason: str, output: str) -> None:
+    """Disable an entry and revoke its outstanding credentials."""
+    _revoke(data_dir, {"kind": "entry", "entry_id": entry_id, "reason": reason}, output)
