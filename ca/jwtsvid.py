@@ -459,8 +459,8 @@ def _check_times(claims: Mapping[str, Any], now: datetime, leeway: timedelta) ->
     iat = _numeric_date(claims, "iat")
     if iat is not None and moment + slack < iat:
         raise InvalidJWTSVID(
-            f"JWT-SVID was issued in the future, at {_numeric_date_text(iat)} {_clocks(now, slack)}; "
-            "check the issuer's clock"
+            f"JWT-SVID was issued in the future, at {_numeric_date_text(iat)} "
+            f"{_clocks(now, slack)}; check the issuer's clock"
         )
 
 

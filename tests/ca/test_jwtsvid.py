@@ -103,8 +103,10 @@ def forge(
     alg: str = "ES256",
     raw: bytes | None = None,
 ) -> str:
-    """A token with any header, signed correctly by ``key`` unless ``raw`` is the payload."""
-    payload = raw if raw is not None else json.dumps(claims or claims_at()).encode()
+    """A token with any header and claims (or ``raw`` payload bytes), signed by ``key``."""
+    if raw is None:
+        raw = json.dumps(claims_at() if claims is None else claims).encode()
+    payload = raw
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(payload)}"
     return f"{signing_input}.{b64(software_signer(key, alg)(signing_input.encode()))}"
 
@@ -524,6 +526,32 @@ REFUSALS: list[tuple[str, Callable[[], str], str]] = [
 def test_refusals(name: str, token: Callable[[], str], reason: str) -> None:
     with pytest.raises(InvalidJWTSVID, match=reason):
         validate(token())
+
+
+def test_checks_run_in_the_documented_order() -> None:
+    # Each step fixes the problem reported before; every later problem stays.
+    bad_claims = claims_at(
+        exp=int((NOW - timedelta(hours=1)).timestamp()), aud=["other"], sub="spiffe://evil.org/x"
+    )
+    steps: list[tuple[dict[str, Any], dict[str, Any], str]] = [
+        ({"alg": "none", "kid": "?", "crit": [], "typ": "?"}, bad_claims, "alg 'none'"),
+        ({"alg": "ES384", "kid": "?", "crit": [], "typ": "?"}, bad_claims, "kid '\\?'"),
+        ({"alg": "ES384", "kid": "k1", "crit": [], "typ": "?"}, bad_claims, "critical"),
+        ({"alg": "ES384", "kid": "k1", "typ": "?"}, bad_claims, "typ '\\?'"),
+        ({"alg": "ES384", "kid": "k1"}, bad_claims, "needs an EC P-384 key"),
+        ({"alg": "ES256", "kid": "k1"}, bad_claims, "signature does not verify"),
+    ]
+    for header, claims, reason in steps:
+        with pytest.raises(InvalidJWTSVID, match=reason):
+            validate(forge(header, claims, key=P384, alg="ES384"))
+    signed: list[tuple[dict[str, Any], str]] = [
+        (bad_claims, "expired at"),
+        ({**bad_claims, "exp": claims_at()["exp"]}, "does not include"),
+        ({**bad_claims, "exp": claims_at()["exp"], "aud": [AUD]}, "not in trust domain"),
+    ]
+    for claims, reason in signed:
+        with pytest.raises(InvalidJWTSVID, match=reason):
+            validate(forge(HEADER, claims))
 
 
 def test_weak_rsa_key_is_refused_even_with_a_good_signature() -> None:
