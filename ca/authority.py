@@ -140,7 +140,8 @@ def _record(
     except IntegrityError:
         keystore.destroy(key.key_id)
         raise AuthorityConflict(
-            f"another server created an active {row.kind.value} authority at the same time"
+            f"another server created the {row.state.value} {row.kind.value} authority "
+            "at the same time"
         ) from None
     except BaseException:
         keystore.destroy(key.key_id)

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from cli.audit_commands import audit
+from cli.authority_commands import authority
 from cli.bundle_commands import bundle
 from cli.entry_commands import entry
 from cli.hsm_commands import hsm
@@ -47,6 +48,7 @@ cli.add_command(server)
 cli.add_command(token)
 cli.add_command(svid)
 cli.add_command(revoke)
+cli.add_command(authority)
 cli.add_command(hsm)
 
 

@@ -93,4 +93,30 @@ def state() -> APIState:
                     used=UsedEvidenceLedger(service.database),
                 )
                 app.extensions["idmint"] = found
+                _start_rotation(service)
     return found
+
+
+ROTATION_INTERVAL = 10.0
+
+
+def _start_rotation(service: CAService) -> None:
+    """Each worker checks for due rotations; the database lets one of them act."""
+    import logging
+
+    from ca.rotation import RotationPolicy, rotate_due
+
+    log = logging.getLogger("idmint.rotation")
+    policy = RotationPolicy.from_config(service.config)
+
+    def loop() -> None:
+        while True:
+            try:
+                for done in rotate_due(service.keystore, service.database, policy):
+                    log.warning("rotation: %s", done)
+                    service.issuer.invalidate()
+            except Exception:  # keep rotating after a passing failure (HSM, database)
+                log.exception("rotation check failed")
+            threading.Event().wait(ROTATION_INTERVAL)
+
+    threading.Thread(target=loop, name="idmint-rotation", daemon=True).start()

@@ -86,6 +86,15 @@ class Authority(Base):
             sqlite_where=text("state = 'active'"),
             postgresql_where=text("state = 'active'"),
         ),
+        # And at most one successor waiting: replicas racing to prepare one
+        # produce exactly one.
+        Index(
+            "uq_authorities_one_prepared",
+            "kind",
+            unique=True,
+            sqlite_where=text("state = 'prepared'"),
+            postgresql_where=text("state = 'prepared'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

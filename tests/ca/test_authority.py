@@ -69,7 +69,7 @@ def test_one_active_per_kind_is_enforced_by_the_database(
     create_root(keystore, database, "example.org")
     create_jwt_authority(keystore, database)
     keys_before = len(keystore.list_keys())
-    with pytest.raises(CAError, match="another server created an active jwt authority"):
+    with pytest.raises(CAError, match="another server created the active jwt authority"):
         create_jwt_authority(keystore, database)
     # The losing key was destroyed again: no orphan in the HSM.
     assert len(keystore.list_keys()) == keys_before
