@@ -17,7 +17,7 @@ from cli.entry_commands import entry
 from cli.hsm_commands import hsm
 from cli.init_command import init
 from cli.revoke_commands import revoke
-from cli.server_command import server
+from cli.server_command import server, server_tls
 from cli.svid_commands import svid
 from cli.token_commands import token
 from idmint import __version__
@@ -45,6 +45,7 @@ cli.add_command(bundle)
 cli.add_command(entry)
 cli.add_command(audit)
 cli.add_command(server)
+cli.add_command(server_tls)
 cli.add_command(token)
 cli.add_command(svid)
 cli.add_command(revoke)

@@ -50,8 +50,6 @@ def server(
     rate_limit: str,
 ) -> None:
     """Serve the HTTPS API (gunicorn) and the admin socket DIR/server/admin.sock."""
-    import ipaddress
-
     from ca.config import load, resolve_data_dir
 
     directory = resolve_data_dir(data_dir)
@@ -69,34 +67,12 @@ def server(
 
         config = replace(config, issuer_url=f"https://{listen}")
 
-    from ca.server_tls import issue_server_tls
-    from ca.service import CAService
-    from hsm import module as modules
-
-    service = CAService.open(config)
-    try:
-        dns, ips = ["localhost"], ["127.0.0.1", "::1"]
-        for name in (host, *sans):
-            try:
-                ipaddress.ip_address(name)
-                ips.append(name)
-            except ValueError:
-                dns.append(name)
-        if tls_cert and tls_key:
-            certfile, keyfile = Path(tls_cert), Path(tls_key)
-        else:
-            paths = issue_server_tls(
-                service.keystore,
-                service.database,
-                server_dir,
-                sorted(set(dns)),
-                sorted(set(ips)),
-                config.trust_domain,
-            )
-            certfile, keyfile = paths.certfile, paths.keyfile
-    finally:
-        service.close()
-        modules.finalize_all()
+    names = [host, *sans]
+    if tls_cert and tls_key:
+        certfile, keyfile = Path(tls_cert), Path(tls_key)
+        _prepare(config, None, [])
+    else:
+        certfile, keyfile = _prepare(config, server_dir, names)
 
     socket_path = server_dir / "admin.sock"
     socket_path.unlink(missing_ok=True)
@@ -117,7 +93,9 @@ def server(
         "graceful_timeout": 10,
         "limit_request_line": 8190,
         "limit_request_field_size": 16384,
-        "when_ready": lambda arbiter: socket_path.chmod(0o600),
+        "when_ready": lambda arbiter: _when_ready(
+            arbiter, socket_path, directory, names, own_tls=not (tls_cert and tls_key)
+        ),
     }
     click.echo(
         f"idmint serving {config.trust_domain} on https://{listen} "
@@ -125,6 +103,111 @@ def server(
         err=True,
     )
     _Gunicorn(config, None if rate_limit == "none" else rate_limit, options).run()
+
+
+def _prepare(config: Any, server_dir: Path | None, names: list[str]) -> tuple[Path, Path]:
+    """Migrations, authorities and (when ``server_dir``) a fresh TLS certificate.
+
+    PKCS#11 is finalised afterwards: gunicorn forks next, and a module
+    initialised before ``fork()`` is unusable in the children.
+    """
+    import ipaddress
+
+    from ca.server_tls import issue_server_tls
+    from ca.service import CAService
+    from hsm import module as modules
+
+    service = CAService.open(config)
+    try:
+        if server_dir is None:
+            return Path(), Path()
+        dns, ips = ["localhost"], ["127.0.0.1", "::1"]
+        for name in names:
+            try:
+                ipaddress.ip_address(name)
+                ips.append(name)
+            except ValueError:
+                dns.append(name)
+        paths = issue_server_tls(
+            service.keystore,
+            service.database,
+            server_dir,
+            sorted(set(dns)),
+            sorted(set(ips)),
+            config.trust_domain,
+        )
+        return paths.certfile, paths.keyfile
+    finally:
+        service.close()
+        modules.finalize_all()
+
+
+#: Renew the server's own certificate when less than this is left; it lives
+#: as long as the intermediate that signed it (24 h by default).
+TLS_RENEW_BEFORE_SECONDS = 8 * 3600
+TLS_CHECK_SECONDS = 300
+
+
+def _when_ready(
+    arbiter: Any, socket_path: Path, directory: Path, names: list[str], own_tls: bool
+) -> None:
+    """Master hook: lock down the admin socket, then keep the TLS certificate fresh.
+
+    Renewal runs ``idmint server-tls`` in a subprocess (the master must not
+    touch PKCS#11, or forked workers inherit a broken module) and then sends
+    the master SIGHUP, which starts workers with the new certificate and
+    retires the old ones gracefully.
+    """
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from cryptography import x509
+
+    socket_path.chmod(0o600)
+    if not own_tls:
+        return
+    certfile = directory / "server" / "tls.pem"
+
+    def watch() -> None:
+        while True:
+            time.sleep(TLS_CHECK_SECONDS)
+            try:
+                leaf = x509.load_pem_x509_certificate(certfile.read_bytes())
+                left = leaf.not_valid_after_utc.timestamp() - time.time()
+                if left > TLS_RENEW_BEFORE_SECONDS:
+                    continue
+                command = [
+                    sys.executable,
+                    "-m",
+                    "cli.main",
+                    "server-tls",
+                    "--data-dir",
+                    str(directory),
+                ]
+                for name in names:
+                    command += ["--san", name]
+                subprocess.run(command, check=True, capture_output=True, timeout=120)
+                arbiter.log.info("renewed the server TLS certificate; reloading workers")
+                os.kill(os.getpid(), signal.SIGHUP)
+            except Exception as exc:  # keep watching; log why
+                arbiter.log.error("server TLS renewal failed: %s", exc)
+
+    threading.Thread(target=watch, name="idmint-tls-renewal", daemon=True).start()
+
+
+@click.command("server-tls", hidden=True)
+@data_dir_option
+@click.option("--san", "sans", multiple=True)
+def server_tls(data_dir: str | None, sans: tuple[str, ...]) -> None:
+    """Issue a fresh TLS certificate for the server (used by its renewal)."""
+    from ca.config import load, resolve_data_dir
+
+    directory = resolve_data_dir(data_dir)
+    certfile, _ = _prepare(load(directory), directory / "server", list(sans))
+    click.echo(str(certfile))
 
 
 def _gunicorn_base() -> Any:
