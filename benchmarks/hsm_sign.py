@@ -19,11 +19,8 @@ import argparse
 import hashlib
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,44 +31,11 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.timing import median_rate, rate
 from hsm import KeyStore, KeyType
 from hsm.softhsm import create_token
 
 THREAD_COUNTS = (1, 2, 4, 8)
-
-
-def rate(make_worker: Callable[[], Callable[[], object]], threads: int, seconds: float) -> float:
-    """Operations per second of ``threads`` threads each running its worker."""
-    workers = [make_worker() for _ in range(threads)]
-    counts = [0] * threads
-    stop = threading.Event()
-    barrier = threading.Barrier(threads + 1)
-
-    def loop(index: int) -> None:
-        work = workers[index]
-        barrier.wait()
-        n = 0
-        while not stop.is_set():
-            work()
-            n += 1
-        counts[index] = n
-
-    pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in pool:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - started)
-
-
-def median_rate(
-    make_worker: Callable[[], Callable[[], object]], threads: int, seconds: float, rounds: int
-) -> float:
-    return statistics.median(rate(make_worker, threads, seconds) for _ in range(rounds))
 
 
 def main() -> None:

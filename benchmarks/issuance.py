@@ -27,12 +27,9 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +42,7 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.timing import median_rate, rate
 from ca.authority import create_root, ensure_authorities
 from ca.entries import EntrySpec, EntryStore
 from ca.issuer import Issuer
@@ -75,50 +73,6 @@ async def main():
 
 print(json.dumps({"rate": asyncio.run(main())}))
 """
-
-
-def rate(
-    make_worker: Callable[[], Callable[[], object]],
-    threads: int,
-    seconds: float,
-    after: Callable[[], None] | None = None,
-) -> float:
-    """Operations per second of ``threads`` threads; ``after`` runs inside the timing."""
-    workers = [make_worker() for _ in range(threads)]
-    counts = [0] * threads
-    stop = threading.Event()
-    barrier = threading.Barrier(threads + 1)
-
-    def loop(index: int) -> None:
-        work, n = workers[index], 0
-        barrier.wait()
-        while not stop.is_set():
-            work()
-            n += 1
-        counts[index] = n
-
-    pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in pool:
-        thread.join()
-    if after is not None:
-        after()
-    return sum(counts) / (time.perf_counter() - started)
-
-
-def median(
-    make: Callable[[], Callable[[], object]],
-    threads: int,
-    seconds: float,
-    rounds: int,
-    after: Callable[[], None] | None = None,
-) -> int:
-    return round(statistics.median(rate(make, threads, seconds, after) for _ in range(rounds)))
 
 
 def peer_rate(
@@ -205,11 +159,13 @@ def main() -> None:
         figures: dict[str, dict[str, int]] = {"raw_pkcs11": {}, "x509_svid": {}, "jwt_svid": {}}
         for threads in (1, 2):
             key = str(threads)
-            figures["raw_pkcs11"][key] = median(raw_worker, threads, args.seconds, args.rounds)
-            figures["x509_svid"][key] = median(
+            figures["raw_pkcs11"][key] = median_rate(raw_worker, threads, args.seconds, args.rounds)
+            figures["x509_svid"][key] = median_rate(
                 x509_worker, threads, args.seconds, args.rounds, flush
             )
-            figures["jwt_svid"][key] = median(jwt_worker, threads, args.seconds, args.rounds, flush)
+            figures["jwt_svid"][key] = median_rate(
+                jwt_worker, threads, args.seconds, args.rounds, flush
+            )
         csr_pem = x509.load_der_x509_csr(csrs[0]).public_bytes(serialization.Encoding.PEM).decode()
         issuer.close()
         store.close()

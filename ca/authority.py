@@ -149,6 +149,35 @@ def _record(
     return row
 
 
+def _ca_row(
+    kind: AuthorityKind,
+    state: AuthorityState,
+    keystore: KeyStore,
+    label: str,
+    key: AnyHSMKey,
+    key_type: KeyType,
+    certificate: x509.Certificate,
+    now: datetime,
+    parent_id: int | None = None,
+) -> Authority:
+    """The row of a CA authority; its kid is the certificate's SKI."""
+    ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return Authority(
+        kind=kind,
+        state=state,
+        key_uri=keystore.uri_for(label, key.key_id),
+        key_type=key_type.value,
+        kid=ski.digest.hex(),
+        certificate_pem=_pem(certificate),
+        public_key_pem=_public_pem(key),
+        parent_id=parent_id,
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 def _label(kind: AuthorityKind, now: datetime) -> str:
     return f"idmint-{kind.value}-{now:%Y%m%dT%H%M%S%f}"
 
@@ -179,20 +208,7 @@ def create_root(
     except BaseException:
         keystore.destroy(key.key_id)
         raise
-    ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    row = Authority(
-        kind=AuthorityKind.ROOT,
-        state=state,
-        key_uri=keystore.uri_for(label, key.key_id),
-        key_type=key_type.value,
-        kid=ski.digest.hex(),
-        certificate_pem=_pem(certificate),
-        public_key_pem=_public_pem(key),
-        not_before=certificate.not_valid_before_utc,
-        not_after=certificate.not_valid_after_utc,
-        created_at=now,
-        updated_at=now,
-    )
+    row = _ca_row(AuthorityKind.ROOT, state, keystore, label, key, key_type, certificate, now)
     return _record(keystore, database, key, row, actor)
 
 
@@ -222,20 +238,16 @@ def create_intermediate(
     except BaseException:
         keystore.destroy(key.key_id)
         raise
-    ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    row = Authority(
-        kind=AuthorityKind.INTERMEDIATE,
-        state=state,
-        key_uri=keystore.uri_for(label, key.key_id),
-        key_type=key_type.value,
-        kid=ski.digest.hex(),
-        certificate_pem=_pem(certificate),
-        public_key_pem=_public_pem(key),
+    row = _ca_row(
+        AuthorityKind.INTERMEDIATE,
+        state,
+        keystore,
+        label,
+        key,
+        key_type,
+        certificate,
+        now,
         parent_id=root.id,
-        not_before=certificate.not_valid_before_utc,
-        not_after=certificate.not_valid_after_utc,
-        created_at=now,
-        updated_at=now,
     )
     return _record(keystore, database, key, row, actor)
 

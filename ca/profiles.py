@@ -36,6 +36,21 @@ def signature_hash(public_key: object) -> SignatureHash | None:
     return hashes.SHA256()
 
 
+def ca_key_usage(digital_signature: bool) -> x509.KeyUsage:
+    """keyCertSign + cRLSign; digitalSignature too where the CA signs OCSP itself."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def ca_name(trust_domain: str, role: str) -> x509.Name:
     """Subject of a CA certificate; a random serialNumber keeps successive CAs distinct."""
     return x509.Name(
@@ -65,20 +80,7 @@ def root_certificate(
         .not_valid_before(not_before - CLOCK_SKEW)
         .not_valid_after(not_before + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(ca_key_usage(digital_signature=False), critical=True)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
@@ -114,20 +116,7 @@ def intermediate_certificate(
         .not_valid_before(not_before - CLOCK_SKEW)
         .not_valid_after(min(not_after, issuer.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(ca_key_usage(digital_signature=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),

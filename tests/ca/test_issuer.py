@@ -9,10 +9,8 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +32,7 @@ from ca.storage.db import Database
 from ca.storage.models import AuditEvent, IssuedCredential
 from hsm import KeyStore
 from idmint.errors import IdmintError
+from tests.tls import context, handshake, write_svid
 
 WEB = "spiffe://example.org/web"
 API = "spiffe://example.org/api"
@@ -113,58 +112,10 @@ def test_rsa_csr_gets_key_encipherment(issuer: Issuer, web_entry: str) -> None:
 def _svid_files(
     tmp_path: Path, name: str, svid: X509SVID, key: ec.EllipticCurvePrivateKey
 ) -> tuple[str, str]:
-    cert = _write(tmp_path, f"{name}.pem", svid.chain_pem)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return cert, _write(tmp_path, f"{name}.key", key_pem)
+    return write_svid(tmp_path, name, svid.chain_pem, key)
 
 
-def _context(side: int, cert: str, key: str, bundle: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(side)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.load_cert_chain(cert, key)
-    context.load_verify_locations(bundle)  # the bundle is the only trust
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.check_hostname = False  # SPIFFE authenticates by URI SAN, checked below
-    return context
-
-
-def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[str, str]:
-    """Run one real TLS handshake over loopback; return the SPIFFE IDs each side saw."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    seen: dict[str, object] = {}
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        try:
-            with server_ctx.wrap_socket(conn, server_side=True) as tls:
-                seen["client"] = tls.getpeercert()
-                tls.sendall(b"ok")
-        except (ssl.SSLError, OSError) as exc:
-            seen["server_error"] = exc
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port)) as raw,
-            client_ctx.wrap_socket(raw) as tls,
-        ):
-            assert tls.recv(2) == b"ok"
-            server_cert = tls.getpeercert()
-    finally:
-        thread.join(timeout=10)
-        listener.close()
-    if "server_error" in seen:
-        raise seen["server_error"]  # type: ignore[misc]
-
-    def uri(cert: object) -> str:
-        (value,) = [v for k, v in cert["subjectAltName"] if k == "URI"]  # type: ignore[index]
-        return str(value)
-
-    return uri(seen["client"]), uri(server_cert)
+_context, _handshake = context, handshake
 
 
 @pytest.fixture
