@@ -16,10 +16,11 @@ from pathlib import Path
 from cryptography import x509
 
 from ca import config as ca_config
-from ca.authority import RootInfo, create_root, describe_root
+from ca.authority import RootInfo, authorities, create_root, describe_root
 from ca.errors import AlreadyInitialized
 from ca.spiffe_id import TrustDomain
 from ca.storage.db import Database, migrate
+from ca.storage.models import AuthorityKind
 from hsm import HSMConfig, KeyStore, KeyType
 from hsm.config import resolve_module
 from hsm.softhsm import create_token
@@ -44,8 +45,13 @@ def initialize(
     key_type: str = "ec-p256",
     root_lifetime: timedelta = timedelta(days=365),
     external: ExternalToken | None = None,
+    database_url: str | None = None,
 ) -> RootInfo:
-    """Create the data directory, its token, database and root authority."""
+    """Create the data directory, its token, database and root authority.
+
+    ``database_url`` puts the state in a shared database (PostgreSQL for
+    several replicas) instead of SQLite in the data directory.
+    """
     domain = TrustDomain.parse(trust_domain)
     parsed_key_type = KeyType.parse(key_type)
     if root_lifetime <= timedelta(0):
@@ -92,10 +98,17 @@ def initialize(
                 "pin_file": hsm_config.pin_file,
                 "max_sessions": hsm_config.max_sessions,
             }
-        database_url = ca_config.default_database_url(data_dir)
+        shared_url = database_url
+        database_url = shared_url or ca_config.default_database_url(data_dir)
         migrate(database_url)
-        keystore = KeyStore(hsm_config)
         database = Database(database_url)
+        if authorities(database, AuthorityKind.ROOT):
+            database.close()
+            raise AlreadyInitialized(
+                "the database already holds a trust domain; give a new database, "
+                "or point a replica's config at it instead of running init"
+            )
+        keystore = KeyStore(hsm_config)
         try:
             root = create_root(
                 keystore, database, domain.name, parsed_key_type, lifetime=root_lifetime
@@ -113,7 +126,7 @@ def initialize(
                         "root_lifetime_days": root_lifetime.days,
                     },
                     "hsm": hsm_section,
-                    "database": {"url": None},
+                    "database": {"url": shared_url},
                 }
             ),
             encoding="utf-8",

@@ -34,6 +34,11 @@ from hsm import KeyType
     type=click.Path(dir_okay=False),
     help="File holding the token's user PIN (with --token-label); never pass a PIN itself.",
 )
+@click.option(
+    "--database-url",
+    envvar="IDMINT_DATABASE_URL",
+    help="Shared database (postgresql+psycopg://...) instead of SQLite in DIR.",
+)
 @output_option
 def init(
     data_dir: str | None,
@@ -43,6 +48,7 @@ def init(
     pkcs11_module: str | None,
     token_label: str | None,
     pin_file: str | None,
+    database_url: str | None,
     output: str,
 ) -> None:
     """Create a trust domain: HSM token, database, config and root CA."""
@@ -61,6 +67,7 @@ def init(
         key_type=key_type,
         root_lifetime=timedelta(days=root_lifetime_days),
         external=external,
+        database_url=database_url,
     )
     if output == "json":
         emit_json({"data_dir": str(directory), "root": root})
