@@ -201,6 +201,14 @@ class Issuer:
     def bundle(self) -> Bundle:
         return self.state().bundle
 
+    def authority_state(self, kid: str | None) -> str | None:
+        """The state of the authority with this key id (SKI hex), None if unknown."""
+        if kid is None:
+            return None
+        with self.database.session() as session:
+            found = session.scalar(select(Authority.state).where(Authority.kid == kid))
+        return None if found is None else str(found.value)
+
     def is_revoked(self, serial_hex: str) -> bool:
         """Whether the X509-SVID with this serial was revoked."""
         with self.database.session() as session:

@@ -68,6 +68,8 @@ class ProvenSVID:
     serial: str
     not_after: datetime
     replay_key: tuple[str, datetime]
+    #: Hex key identifier of the issuing CA (the leaf's AKI), to check its state.
+    issuer_kid: str | None = None
 
 
 def verify_proof(
@@ -120,4 +122,15 @@ def verify_proof(
     if is_revoked(serial):
         raise AttestationFailed(f"the SVID with serial {serial} is revoked")
     key = "pop:" + hashlib.sha256(signature).hexdigest()
-    return ProvenSVID(uris[0], serial, leaf.not_valid_after_utc, (key, now + 2 * WINDOW))
+    return ProvenSVID(
+        uris[0], serial, leaf.not_valid_after_utc, (key, now + 2 * WINDOW), issuer_kid(leaf)
+    )
+
+
+def issuer_kid(certificate: x509.Certificate) -> str | None:
+    """The hex authority key identifier of ``certificate``, if it has one."""
+    try:
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier.hex() if aki.key_identifier else None

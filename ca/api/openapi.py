@@ -135,6 +135,27 @@ def document() -> dict[str, Any]:
                     "responses": {"201": _json(X509_RESPONSE, "Issued"), **_problems(*_ISSUE)},
                 }
             },
+            "/v1/svid/x509/status": {
+                "post": {
+                    "summary": "Should the holder of this X509-SVID renew now?",
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["chain"],
+                            "properties": {"chain": {"type": "string"}},
+                        }
+                    ),
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["serial", "renew_now", "reasons", "renew_after"],
+                            }
+                        ),
+                        **_problems(*_COMMON),
+                    },
+                }
+            },
             "/v1/svid/jwt": {
                 "post": {
                     "summary": "Get a JWT-SVID by attestation or SVID proof",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
 from flask import Blueprint, jsonify, request
 
 from attestation.base import AttestationFailed
@@ -13,7 +14,7 @@ from ca.api.context import state
 from ca.api.limits import limit
 from ca.errors import CAError
 from ca.issuer import X509SVID
-from ca.pop import verify_proof
+from ca.pop import issuer_kid, verify_proof
 from idmint.errors import IdmintError
 
 blueprint = Blueprint("svid", __name__)
@@ -142,8 +143,49 @@ def _prove(proof: Any, purpose: str, payload: bytes, now: datetime) -> str:
         now,
         is_revoked=issuer.is_revoked,
     )
+    state_of_issuer = issuer.authority_state(proven.issuer_kid)
+    if state_of_issuer in ("tainted", "removed"):
+        raise AttestationFailed(
+            f"this SVID was issued by a {state_of_issuer} authority and cannot be renewed; "
+            "attest again to get a new one"
+        )
     api.used.spend([proven.replay_key], now)
     return proven.spiffe_id
+
+
+@blueprint.post("/v1/svid/x509/status")
+def status() -> Any:
+    """Whether the holder of this X509-SVID should renew now (revoked, issuer tainted)."""
+    data = body()
+    limit(request.remote_addr or "-")
+    chain = _text(data, "chain")
+    assert chain is not None
+    issuer = state().service.issuer
+    try:
+        leaf = x509.load_pem_x509_certificates(chain.encode("ascii", "replace"))[0]
+    except (ValueError, IndexError):
+        raise BadRequest("'chain' must be a PEM certificate chain") from None
+    serial = format(leaf.serial_number, "x")
+    reasons = []
+    if issuer.is_revoked(serial):
+        reasons.append("revoked")
+    issuer_state = issuer.authority_state(issuer_kid(leaf))
+    if issuer_state is None:
+        reasons.append("not issued by this trust domain")
+    elif issuer_state in ("tainted", "removed"):
+        reasons.append(f"issuer {issuer_state}")
+    begins, ends = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    renew_after = begins + (ends - begins) / 2
+    now = datetime.now(UTC)
+    return jsonify(
+        {
+            "serial": serial,
+            "renew_now": bool(reasons) or now >= renew_after,
+            "reasons": reasons,
+            "renew_after": renew_after.isoformat().replace("+00:00", "Z"),
+            "expires_at": ends.isoformat().replace("+00:00", "Z"),
+        }
+    )
 
 
 @blueprint.post("/v1/svid/x509/renew")

@@ -1,0 +1,57 @@
+"""Taint: the issuing authority stops at once, holders are told to renew, renewal refuses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca.pop import make_proof
+from tests.server.conftest import Server, csr_pem
+
+
+def test_taint_of_the_intermediate(server: Server) -> None:
+    key, before = server.x509_by_token("spiffe://example.org/taint/web")
+    status, _, fresh = server.request(
+        "POST", "/v1/svid/x509/status", {"chain": before["chain_pem"]}
+    )
+    assert status == 200 and fresh["renew_now"] is False and fresh["reasons"] == []
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
+    env.pop("SOFTHSM2_CONF", None)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "idmint"),
+            "authority",
+            "taint",
+            "intermediate",
+            "--data-dir",
+            str(server.data_dir),
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.1)  # every worker re-reads its authorities within cache_seconds
+
+    status, _, told = server.request("POST", "/v1/svid/x509/status", {"chain": before["chain_pem"]})
+    assert status == 200 and told["renew_now"] is True and told["reasons"] == ["issuer tainted"]
+    csr = csr_pem(ec.generate_private_key(ec.SECP256R1()))
+    proof = make_proof(before["chain_pem"], key, "x509-renew", csr.encode())
+    status, _, refused = server.request("POST", "/v1/svid/x509/renew", {"csr": csr, "proof": proof})
+    assert status == 401 and "tainted authority" in refused["detail"]
+
+    # Attesting again works, under the successor.
+    _, after = server.x509_by_token("spiffe://example.org/taint/web2")
+    old_issuer = x509.load_pem_x509_certificates(before["chain_pem"].encode())[1]
+    new_issuer = x509.load_pem_x509_certificates(after["chain_pem"].encode())[1]
+    assert new_issuer.serial_number != old_issuer.serial_number
