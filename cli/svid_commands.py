@@ -114,10 +114,44 @@ def svid() -> None:
     """Get SVIDs from an idmint server."""
 
 
+def _new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    return key, csr
+
+
+def _write_svid(directory: Path, key: ec.EllipticCurvePrivateKey, issued: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    # Key first: a reader that sees the new certificate finds its key already there.
+    write_atomic(directory / "svid.key", key_pem, 0o600)
+    write_atomic(directory / "svid.pem", issued["chain_pem"].encode())
+    write_atomic(directory / "bundle.pem", issued["bundle_pem"].encode())
+
+
 @svid.command("x509")
 @_with_evidence
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Directory to write to."
+)
+@click.option("--watch", is_flag=True, help="Keep renewing (about half-way through each SVID).")
+@click.option("--exec", "run", help="Command to run after each renewal (e.g. 'nginx -s reload').")
+@click.option("--signal-pid", type=int, help="Process to signal after each renewal.")
+@click.option("--signal", "signal_name", default="SIGHUP", show_default=True)
+@click.option(
+    "--renew-at",
+    type=click.FloatRange(0.01, 0.9),
+    default=0.5,
+    show_default=True,
+    help="Fraction of the lifetime after which to renew.",
 )
 @output_option
 def x509_command(
@@ -128,17 +162,15 @@ def x509_command(
     k8s_token_file: str | None,
     spiffe_id: str | None,
     out: str,
+    watch: bool,
+    run: str | None,
+    signal_pid: int | None,
+    signal_name: str,
+    renew_at: float,
     output: str,
 ) -> None:
-    """Write svid.pem, svid.key (0600) and bundle.pem to --out."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-        .decode()
-    )
+    """Write svid.pem, svid.key (0600) and bundle.pem to --out; --watch keeps them fresh."""
+    key, csr = _new_key_and_csr()
     body: dict[str, Any] = {
         "attestation": _evidence(join_token, oidc_token_file, k8s_token_file),
         "csr": csr,
@@ -147,18 +179,18 @@ def x509_command(
         body["spiffe_id"] = spiffe_id
     issued = _post(server, bundle, "/v1/svid/x509", body)
     directory = Path(out)
-    directory.mkdir(parents=True, exist_ok=True)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomic(directory / "svid.key", key_pem, 0o600)
-    write_atomic(directory / "svid.pem", issued["chain_pem"].encode())
-    write_atomic(directory / "bundle.pem", issued["bundle_pem"].encode())
+    _write_svid(directory, key, issued)
     summary = {k: issued[k] for k in ("spiffe_id", "serial", "expires_at")}
     if output == "json":
         emit_json({**summary, "out": str(directory)})
     else:
         click.echo(f"{issued['spiffe_id']} until {issued['expires_at']} -> {directory}")
+    if watch:
+        from cli.watch import Watcher
+
+        Watcher(
+            server, bundle, directory, key, issued, renew_at, run, signal_pid, signal_name
+        ).run()
 
 
 @svid.command("jwt")
