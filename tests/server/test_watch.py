@@ -45,7 +45,7 @@ def test_watch_renews_atomically_and_runs_the_command(server: Server, tmp_path: 
         text=True,
         env=env,
     )
-    serials = set()
+    serials: set[int] = set()
     deadline = time.monotonic() + 20
     try:
         while len(serials) < 3:
