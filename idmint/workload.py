@@ -1,0 +1,219 @@
+"""For a service that fetches its own SVID: one call at startup, contexts that stay current.
+
+    from idmint.workload import start
+
+    workload = start("https://idmint:8443", "bundle.pem", {"type": "join_token", "token": T})
+    server_ctx = workload.server_context()   # for ssl.wrap_socket / an HTTP server
+    client_ctx = workload.client_context()   # for http.client / urllib / requests adapters
+    workload.svid.spiffe_id
+
+A background thread renews the SVID by proof of possession half-way through
+its life (sooner when the server says so) and loads the new certificate
+into the same contexts, so connections made afterwards present it. The
+contexts trust the bundle the server returned; roots added to the bundle
+later are added to them too (Python's ssl cannot forget a trusted root, so
+a removed root stays trusted until the process restarts).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca.pop import make_proof
+from idmint.errors import IdmintError
+
+
+class WorkloadError(IdmintError):
+    """The server refused or could not be reached."""
+
+    code = "workload-error"
+
+
+@dataclass(frozen=True)
+class SVID:
+    """The current X509-SVID of this process."""
+
+    spiffe_id: str
+    chain_pem: str
+    bundle_pem: str
+    expires_at: str
+    serial: str
+
+
+def _csr(key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+
+
+class Workload:
+    """An SVID kept current, and SSL contexts that follow it."""
+
+    def __init__(self, server: str, bundle: str, renew_at: float = 0.5) -> None:
+        parts = urlsplit(server)
+        if parts.scheme != "https" or not parts.hostname:
+            raise WorkloadError(f"server {server!r} is not an https:// URL")
+        self._host, self._port = parts.hostname, parts.port or 443
+        self._trust = ssl.create_default_context(cafile=bundle)
+        self.renew_at = renew_at
+        self._lock = threading.Lock()
+        self._contexts: list[ssl.SSLContext] = []
+        self._files = Path(tempfile.mkdtemp(prefix="idmint-workload-"))
+        self._key: ec.EllipticCurvePrivateKey | None = None
+        self.svid: SVID | None = None
+        self._stop = threading.Event()
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        connection = http.client.HTTPSConnection(
+            self._host, self._port, context=self._trust, timeout=30
+        )
+        try:
+            connection.request(
+                "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            data = json.loads(response.read() or b"{}")
+        except (OSError, ValueError) as exc:
+            raise WorkloadError(f"cannot reach the idmint server: {exc}") from None
+        finally:
+            connection.close()
+        if response.status >= 400:
+            raise WorkloadError(f"{data.get('detail', data)} (HTTP {response.status})")
+        result: dict[str, Any] = data
+        return result
+
+    def _install(self, key: ec.EllipticCurvePrivateKey, issued: dict[str, Any]) -> None:
+        cert, key_file, bundle = (
+            self._files / "svid.pem",
+            self._files / "svid.key",
+            self._files / "bundle.pem",
+        )
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        cert.write_text(issued["chain_pem"])
+        bundle.write_text(issued["bundle_pem"])
+        with self._lock:
+            self._key = key
+            self.svid = SVID(
+                issued["spiffe_id"],
+                issued["chain_pem"],
+                issued["bundle_pem"],
+                issued["expires_at"],
+                issued["serial"],
+            )
+            for context in self._contexts:
+                context.load_cert_chain(cert, key_file)
+                context.load_verify_locations(str(bundle))
+
+    def attest(self, evidence: dict[str, Any], spiffe_id: str | None = None) -> SVID:
+        key = ec.generate_private_key(ec.SECP256R1())
+        body: dict[str, Any] = {"attestation": evidence, "csr": _csr(key)}
+        if spiffe_id:
+            body["spiffe_id"] = spiffe_id
+        self._install(key, self._post("/v1/svid/x509", body))
+        assert self.svid is not None
+        return self.svid
+
+    def renew(self) -> SVID:
+        assert self.svid is not None and self._key is not None
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = _csr(key)
+        proof = make_proof(self.svid.chain_pem, self._key, "x509-renew", csr.encode())
+        self._install(key, self._post("/v1/svid/x509/renew", {"csr": csr, "proof": proof}))
+        return self.svid
+
+    def _context(self, side: int) -> ssl.SSLContext:
+        context = ssl.SSLContext(side)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = False  # peers are authorised by SPIFFE ID (peer_spiffe_id)
+        with self._lock:
+            context.load_cert_chain(self._files / "svid.pem", self._files / "svid.key")
+            context.load_verify_locations(str(self._files / "bundle.pem"))
+            self._contexts.append(context)
+        return context
+
+    def server_context(self) -> ssl.SSLContext:
+        """Presents this SVID and requires a client SVID from the trust bundle."""
+        return self._context(ssl.PROTOCOL_TLS_SERVER)
+
+    def client_context(self) -> ssl.SSLContext:
+        """Presents this SVID and verifies the server against the trust bundle."""
+        return self._context(ssl.PROTOCOL_TLS_CLIENT)
+
+    def _due(self) -> float:
+        assert self.svid is not None
+        leaf = x509.load_pem_x509_certificates(self.svid.chain_pem.encode())[0]
+        start = leaf.not_valid_before_utc.timestamp()
+        life = leaf.not_valid_after_utc.timestamp() - start
+        return start + life * self.renew_at + random.uniform(-0.05, 0.05) * life
+
+    def keep_current(self) -> None:
+        """Renew in a background thread until :meth:`close`."""
+
+        def loop() -> None:
+            due, backoff = self._due(), 1.0
+            while not self._stop.wait(max(0.05, min(5.0, due - time.time()))):
+                if time.time() < due:
+                    continue
+                try:
+                    self.renew()
+                    due, backoff = self._due(), 1.0
+                except WorkloadError:
+                    due = time.time() + min(60.0, backoff) * random.uniform(0.5, 1.5)
+                    backoff *= 2
+
+        threading.Thread(target=loop, name="idmint-workload", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def peer_spiffe_id(tls: ssl.SSLSocket) -> str:
+    """The SPIFFE ID of the peer of a completed handshake (its one URI SAN)."""
+    cert: dict[str, Any] = dict(tls.getpeercert() or {})
+    names: tuple[tuple[str, str], ...] = cert.get("subjectAltName", ())
+    uris = [value for kind, value in names if kind == "URI"]
+    if len(uris) != 1:
+        raise WorkloadError("the peer did not present an X509-SVID")
+    return str(uris[0])
+
+
+def start(
+    server: str,
+    bundle: str,
+    evidence: dict[str, Any],
+    spiffe_id: str | None = None,
+    renew_at: float = 0.5,
+) -> Workload:
+    """Attest, get an SVID and keep it current: the one call a service makes at startup."""
+    workload = Workload(server, bundle, renew_at)
+    workload.attest(evidence, spiffe_id)
+    workload.keep_current()
+    return workload
