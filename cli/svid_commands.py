@@ -194,8 +194,56 @@ def x509_command(
 
 
 @svid.command("jwt")
-@_with_evidence
+@click.option("--server", required=True, envvar="IDMINT_SERVER", help="https://HOST:PORT")
+@click.option(
+    "--bundle",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM bundle to trust for the server.",
+)
+@click.option("--join-token", envvar="IDMINT_JOIN_TOKEN", help="One-time join token.")
+@click.option("--oidc-token-file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--k8s-token-file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--svid",
+    "svid_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Prove a current X509-SVID (svid.pem, svid.key) instead of attesting.",
+)
+@click.option(
+    "--ci",
+    type=click.Choice(["github", "gitlab"]),
+    help="Fetch this CI job's own OIDC token and exchange it.",
+)
+@click.option(
+    "--ci-audience",
+    default="idmint",
+    show_default=True,
+    help="Audience to ask the CI platform for (must match the server's config).",
+)
+@click.option(
+    "--ci-token-variable",
+    default="IDMINT_ID_TOKEN",
+    show_default=True,
+    help="GitLab: the id_tokens variable holding the token.",
+)
+@click.option("--spiffe-id", help="Which SPIFFE ID, when several entries match.")
 @click.option("--audience", "audiences", multiple=True, required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["token", "env", "json"]),
+    default="token",
+    show_default=True,
+    help="env: NAME=token, for $GITHUB_ENV.",
+)
+@click.option("--env-name", default="IDMINT_JWT_SVID", show_default=True)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    help="Append/write to this file instead of stdout (e.g. $GITHUB_ENV).",
+)
 @output_option
 def jwt_command(
     server: str,
@@ -203,19 +251,46 @@ def jwt_command(
     join_token: str | None,
     oidc_token_file: str | None,
     k8s_token_file: str | None,
+    svid_dir: str | None,
+    ci: str | None,
+    ci_audience: str,
+    ci_token_variable: str,
     spiffe_id: str | None,
     audiences: tuple[str, ...],
+    fmt: str,
+    env_name: str,
+    out_file: str | None,
     output: str,
 ) -> None:
-    """Print a JWT-SVID for --audience."""
-    body: dict[str, Any] = {
-        "attestation": _evidence(join_token, oidc_token_file, k8s_token_file),
-        "audience": list(audiences),
-    }
+    """Get a JWT-SVID for --audience (prints the token, or writes it for the next CI step)."""
+    body: dict[str, Any] = {"audience": list(audiences)}
+    if svid_dir:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        from ca.pop import make_proof
+
+        chain = (Path(svid_dir) / "svid.pem").read_text()
+        key = load_pem_private_key((Path(svid_dir) / "svid.key").read_bytes(), None)
+        body["proof"] = make_proof(chain, key, "jwt-svid", ",".join(audiences).encode())
+    elif ci:
+        from cli.ci_tokens import github_token, gitlab_token
+
+        token = github_token(ci_audience) if ci == "github" else gitlab_token(ci_token_variable)
+        body["attestation"] = {"type": "oidc", "token": token}
+    else:
+        body["attestation"] = _evidence(join_token, oidc_token_file, k8s_token_file)
     if spiffe_id:
         body["spiffe_id"] = spiffe_id
     issued = _post(server, bundle, "/v1/svid/jwt", body)
-    if output == "json":
-        emit_json(issued)
+    if output == "json" or fmt == "json":
+        text = json.dumps(issued)
+    elif fmt == "env":
+        text = f"{env_name}={issued['token']}"
     else:
-        click.echo(issued["token"])
+        text = issued["token"]
+    if out_file:
+        descriptor = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    else:
+        click.echo(text)
