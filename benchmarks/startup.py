@@ -1,0 +1,175 @@
+"""Time from process start to a usable SSLContext for a workload.
+
+Starts ``idmint server`` on a fresh embedded-default data directory, then 50
+times launches a Python process that calls ``idmint.workload.start()`` with
+a join token and builds a client context, and 50 times a bare Python
+process, timing each from spawn until it prints ``ready``. Prints JSON with
+p50/p99 of both and of the difference (the cost beyond Python's own start).
+
+Usage: python benchmarks/startup.py [--runs 50]
+"""
+
+from __future__ import annotations
+
+import sys
+
+# benchmarks/http.py would shadow the standard library's http package.
+sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+IDMINT = str(Path(sys.executable).parent / "idmint")
+CHILD = (
+    "from idmint.workload import start\n"
+    "import sys\n"
+    "w = start(sys.argv[1], sys.argv[2], {'type': 'join_token', 'token': sys.argv[3]})\n"
+    "w.client_context()\n"
+    "print('ready', flush=True)\n"
+    "w.close()\n"
+)
+
+
+def timed(command: list[str]) -> float:
+    began = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    elapsed = time.perf_counter() - began
+    child.communicate(timeout=30)
+    if line.strip() != "ready":
+        raise SystemExit(f"child failed: {line!r}")
+    return elapsed
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
+    env.pop("SOFTHSM2_CONF", None)
+    with tempfile.TemporaryDirectory() as scratch:
+        data = Path(scratch) / "data"
+        subprocess.run(
+            [IDMINT, "init", "--data-dir", str(data), "--trust-domain", "s.test"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        subprocess.run(
+            [
+                IDMINT,
+                "entry",
+                "create",
+                "--data-dir",
+                str(data),
+                "--spiffe-id",
+                "spiffe://s.test/w",
+                "--selector",
+                "join_token:any:true",
+                "--owner",
+                "bench",
+                "--expires-at",
+                "1d",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        tokens = [
+            subprocess.run(
+                [
+                    IDMINT,
+                    "token",
+                    "create",
+                    "--data-dir",
+                    str(data),
+                    "--spiffe-id",
+                    "spiffe://s.test/w",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=env,
+            ).stdout.strip()
+            for _ in range(args.runs + 2)
+        ]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [IDMINT, "server", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        bundle = str(data / "server" / "bundle.pem")
+        url = f"https://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    connection = http.client.HTTPSConnection(
+                        "127.0.0.1", port, context=ssl.create_default_context(cafile=bundle)
+                    )
+                    connection.request("GET", "/readyz")
+                    if connection.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("server did not start")
+                time.sleep(0.2)
+            timed([sys.executable, "-c", CHILD, url, bundle, tokens.pop()])  # warm caches
+            workload = [
+                timed([sys.executable, "-c", CHILD, url, bundle, tokens.pop()])
+                for _ in range(args.runs)
+            ]
+            bare = [
+                timed([sys.executable, "-c", "print('ready', flush=True)"])
+                for _ in range(args.runs)
+            ]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    beyond = [w - statistics.median(bare) for w in workload]
+    print(
+        json.dumps(
+            {
+                "benchmark": "startup",
+                "runs": args.runs,
+                "workload_to_ssl_context_ms": {
+                    "p50": round(percentile(workload, 0.5) * 1000, 1),
+                    "p99": round(percentile(workload, 0.99) * 1000, 1),
+                },
+                "bare_python_ms": {
+                    "p50": round(percentile(bare, 0.5) * 1000, 1),
+                    "p99": round(percentile(bare, 0.99) * 1000, 1),
+                },
+                "beyond_python_startup_ms": {
+                    "p50": round(percentile(beyond, 0.5) * 1000, 1),
+                    "p99": round(percentile(beyond, 0.99) * 1000, 1),
+                },
+                "goal_p99_beyond_ms": 50,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
