@@ -9,14 +9,16 @@ TTLs and DNS names from that ID's registration entry.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from attestation.base import Attested, Attestor, register, require
+from attestation.base import AttestationFailed, Attested, Attestor, register, require
 
 TOKEN_BYTES = 32
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def new_token() -> str:
@@ -47,6 +49,8 @@ class JoinTokenAttestor(Attestor):
 
     def attest(self, evidence: Mapping[str, Any], now: datetime) -> Attested:
         token = require(evidence, "token")
+        if len(token) > 256 or not _TOKEN.fullmatch(token):
+            raise AttestationFailed("the join token is malformed (expected URL-safe base64)")
         token_id, spiffe_id = self.ledger.consume(token_hash(token), now)
         return Attested(
             selectors=(f"join_token:id:{token_id}",),

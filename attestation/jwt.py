@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,9 +23,16 @@ import josepy
 from attestation.base import AttestationFailed
 
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "ES384"})
+#: Replay keys outlive the token by the leeway it is accepted with.
+LEEWAY = timedelta(seconds=60)
+# Strict base64url, no padding: anything else is not a JWS segment, and a
+# lenient decoder would let the same token be written many ways.
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def _b64decode(part: str, what: str) -> bytes:
+    if not _SEGMENT.fullmatch(part):
+        raise AttestationFailed(f"the token's {what} is not base64url")
     try:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError):
@@ -91,9 +99,11 @@ def verify_jwt(
         raise AttestationFailed(f"token key id {kid!r} is not in the issuer's JWKS")
     signature = _b64decode(signature_b64, "signature")
     signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+    if not _key_fits(alg, key):
+        raise AttestationFailed(f"token algorithm {alg} does not fit the key {kid!r}")
     try:
         valid = josepy.JWASignature.from_json(alg).verify(key.key, signing_input, signature)
-    except (josepy.errors.Error, TypeError, ValueError):
+    except Exception:  # josepy raises assorted errors on mismatched keys: all mean "invalid"
         valid = False
     if not valid:
         raise AttestationFailed("token signature does not verify with the issuer's key")
@@ -150,10 +160,22 @@ def _check_claims(
 
 
 def replay_key(prefix: str, claims: Mapping[str, Any], token: str) -> str:
-    """The once-only key of a token: its jti, or its digest when it has none."""
+    """The once-only key of a token: its jti, or else the digest of what was signed.
+
+    Not the digest of the whole token: signatures have more than one valid
+    encoding (ECDSA's (r, n - s)), so the same claims could come back with
+    other bytes.
+    """
     import hashlib
 
     jti = claims.get("jti")
     if isinstance(jti, str) and jti:
         return f"{prefix}:jti:{claims.get('iss')}:{jti}"
-    return f"{prefix}:sha256:{hashlib.sha256(token.encode()).hexdigest()}"
+    signed = token.rsplit(".", 1)[0]
+    return f"{prefix}:sha256:{hashlib.sha256(signed.encode()).hexdigest()}"
+
+
+def _key_fits(alg: str, key: josepy.JWK) -> bool:
+    if alg.startswith("ES"):
+        return isinstance(key, josepy.JWKEC)
+    return isinstance(key, josepy.JWKRSA)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.base import AttestationFailed, Attested, Attestor, register, require
-from attestation.jwt import as_datetime, replay_key, verify_jwt
+from attestation.jwt import LEEWAY, as_datetime, replay_key, verify_jwt
 from attestation.oidc import JWKSSource, _kid_of
 
 
@@ -74,7 +74,7 @@ class KubernetesPSATAttestor(Attestor):
         selectors += [f"k8s:pod-name:{pod.get('name')}", f"k8s:pod-uid:{pod.get('uid')}"]
         if self.cluster:
             selectors.append(f"k8s:cluster:{self.cluster}")
-        expires = as_datetime(float(claims["exp"]))
+        expires = as_datetime(float(claims["exp"])) + LEEWAY
         return Attested(
             selectors=tuple(sorted(selectors)),
             subject=f"k8s:{namespace}/{account.get('name')}/{pod.get('name')}",

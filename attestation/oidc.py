@@ -25,7 +25,7 @@ from typing import Any
 import josepy
 
 from attestation.base import AttestationFailed, Attested, Attestor, register, require
-from attestation.jwt import as_datetime, load_jwks, replay_key, verify_jwt
+from attestation.jwt import LEEWAY, as_datetime, load_jwks, replay_key, verify_jwt
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 GITHUB_CLAIMS = (
@@ -201,7 +201,7 @@ class OIDCAttestor(Attestor):
             value = _selector_value(claims.get(claim))
             if value is not None:
                 selectors.append(f"oidc:{issuer.name}:{claim}:{value}")
-        expires = as_datetime(float(claims["exp"]))
+        expires = as_datetime(float(claims["exp"])) + LEEWAY
         return Attested(
             selectors=tuple(sorted(selectors)),
             subject=f"oidc:{issuer.name}:{claims.get('sub')}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from attestation.base import AttestationFailed, Attested, Attestor, register, re
 #: What the client signs: a fixed context string and the nonce, so a
 #: signature made for something else can never be passed off as this.
 CONTEXT = b"idmint x509pop v1\x00"
+_NONCE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class NonceLedger(Protocol):
@@ -100,6 +102,8 @@ class X509PoPAttestor(Attestor):
 
     def attest(self, evidence: Mapping[str, Any], now: datetime) -> Attested:
         nonce = require(evidence, "nonce")
+        if len(nonce) > 128 or not _NONCE.fullmatch(nonce):
+            raise AttestationFailed("the nonce is malformed; use the one GET /v1/nonce gave")
         chain = _pem_chain(require(evidence, "chain"))
         try:
             signature = base64.b64decode(require(evidence, "signature"), validate=True)

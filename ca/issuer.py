@@ -25,7 +25,7 @@ from sqlalchemy import select
 from ca import audit
 from ca.authority import active, jwt_algorithm, signing_key
 from ca.bundle import Bundle, load_bundle
-from ca.csr import check_csr, check_requested_names
+from ca.csr import CheckedCSR, check_csr, check_requested_names
 from ca.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, match
 from ca.errors import CAError
 from ca.jwtsvid import encode_jwt_svid, jwt_svid_claims
@@ -221,6 +221,10 @@ class Issuer:
 
     # -- issuance ------------------------------------------------------------
 
+    def refuse(self, action: str, actor: str, error: IdmintError, selectors: Iterable[str]) -> None:
+        """Audit a refused request (recorded with the issuance records)."""
+        self._refused(action, actor, error, selectors)
+
     def _refused(
         self, action: str, actor: str, error: IdmintError, selectors: Iterable[str]
     ) -> None:
@@ -249,10 +253,11 @@ class Issuer:
         spiffe_id: str | None = None,
         actor: str = "workload",
         granted: str | None = None,
+        checked: CheckedCSR | None = None,
     ) -> X509SVID:
         """An X509-SVID for the entry the selectors match, from the workload's CSR."""
         try:
-            checked = check_csr(csr)
+            checked = checked or check_csr(csr)
             state = self.state()
             now = self.clock()
             state, entry = self._match(state, selectors, now, spiffe_id, granted)

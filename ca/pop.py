@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from attestation.base import AttestationFailed
@@ -70,6 +71,8 @@ class ProvenSVID:
     replay_key: tuple[str, datetime]
     #: Hex key identifier of the issuing CA (the leaf's AKI), to check its state.
     issuer_kid: str | None = None
+    #: And of the root above it (the intermediate's AKI).
+    root_kid: str | None = None
 
 
 def verify_proof(
@@ -92,9 +95,9 @@ def verify_proof(
         raise AttestationFailed("proof needs 'chain' (PEM) and 'signature' (base64)")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
         raise AttestationFailed("proof needs 'timestamp' (integer unix seconds)")
-    # Compare as numbers first: a timestamp far outside datetime's range must
-    # be refused, not crash the conversion.
-    skew = now.timestamp() - timestamp
+    # Integers on both sides: a timestamp far outside any float or datetime
+    # range must be refused, not crash the subtraction.
+    skew = int(now.timestamp()) - timestamp
     if abs(skew) > WINDOW.total_seconds():
         raise AttestationFailed(
             f"proof timestamp is {int(skew)}s off; "
@@ -103,7 +106,7 @@ def verify_proof(
     try:
         chain = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))
         signature = base64.b64decode(signature_b64, validate=True)
-    except (ValueError, binascii.Error) as exc:
+    except (ValueError, binascii.Error, UnicodeError) as exc:
         raise AttestationFailed(f"proof chain or signature is malformed: {exc}") from None
     if not chain:
         raise AttestationFailed("proof chain is empty")
@@ -121,16 +124,34 @@ def verify_proof(
     serial = format(leaf.serial_number, "x")
     if is_revoked(serial):
         raise AttestationFailed(f"the SVID with serial {serial} is revoked")
-    key = "pop:" + hashlib.sha256(signature).hexdigest()
+    # The one-time key is what was proven, not the signature bytes: an ECDSA
+    # signature (r, s) has a second valid form (r, n - s), so keying on the
+    # signature would let a captured proof be replayed once more.
+    message = statement(purpose, timestamp, payload)
+    proven = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER) + message)
+    key = "pop:" + proven.hexdigest()
+    root_kid = issuer_kid(chain[1]) if len(chain) > 1 else None
     return ProvenSVID(
-        uris[0], serial, leaf.not_valid_after_utc, (key, now + 2 * WINDOW), issuer_kid(leaf)
+        uris[0],
+        serial,
+        leaf.not_valid_after_utc,
+        (key, now + 2 * WINDOW),
+        issuer_kid(leaf),
+        root_kid,
     )
 
 
 def issuer_kid(certificate: x509.Certificate) -> str | None:
-    """The hex authority key identifier of ``certificate``, if it has one."""
+    """The hex authority key identifier of ``certificate``, if it has a readable one."""
     try:
         aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         return None
     return aki.key_identifier.hex() if aki.key_identifier else None
+
+
+def jwt_payload(audiences: list[str] | tuple[str, ...]) -> bytes:
+    """What a JWT-SVID request by proof signs: the audiences, unambiguously."""
+    import json
+
+    return json.dumps(list(audiences), separators=(",", ":")).encode()

@@ -12,6 +12,7 @@ have expired anyway; after that they are dropped from the CRL.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -100,6 +101,7 @@ def revoke_credential(
         # Serials as we store them: lowercase hex, no prefix, no leading zeros.
         identifier = identifier.lower().removeprefix("0x").replace(":", "").lstrip("0") or "0"
     what = "X509-SVID with serial" if kind is CredentialKind.X509 else "JWT-SVID with jti"
+    _wait_for_record(database, kind, identifier)
     try:
         with database.session() as session:
             credential = session.scalars(
@@ -134,12 +136,32 @@ def revoke_credential(
     return done[0]
 
 
+#: How long a revocation waits for the issuance record of a credential issued
+#: a moment ago: servers write those records a few milliseconds behind.
+RECORD_GRACE_SECONDS = 2.0
+
+
+def _wait_for_record(database: Database, kind: CredentialKind, identifier: str) -> None:
+    deadline = time.monotonic() + RECORD_GRACE_SECONDS
+    while True:
+        with database.session() as session:
+            found = session.scalar(
+                select(IssuedCredential.id)
+                .where(IssuedCredential.kind == kind)
+                .where(IssuedCredential.identifier == identifier)
+            )
+        if found is not None or time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
+
+
 def revoke_entry(
     database: Database,
     entry_id: str,
     actor: str,
     reason: str = "unspecified",
     now: datetime | None = None,
+    sweep_after: float = RECORD_GRACE_SECONDS,
 ) -> list[Revoked]:
     """Disable an entry and revoke every unexpired credential issued under it."""
     _check_reason(reason)
@@ -173,6 +195,20 @@ def revoke_entry(
                 )
             ],
         )
+    if sweep_after:
+        # Servers may still issue under the entry for a moment (their caches)
+        # and record what they issued a few milliseconds late: sweep again.
+        time.sleep(sweep_after)
+        later = datetime.now(UTC)
+        with database.session() as session:
+            stragglers = list(
+                session.scalars(
+                    select(IssuedCredential)
+                    .where(IssuedCredential.entry_id == entry_id)
+                    .where(IssuedCredential.not_after > later)
+                )
+            )
+            done += _revoke_rows(session, stragglers, reason, later)
     return done
 
 

@@ -267,11 +267,11 @@ def jwt_command(
     if svid_dir:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-        from ca.pop import make_proof
+        from ca.pop import jwt_payload, make_proof
 
         chain = (Path(svid_dir) / "svid.pem").read_text()
         key = load_pem_private_key((Path(svid_dir) / "svid.key").read_bytes(), None)
-        body["proof"] = make_proof(chain, key, "jwt-svid", ",".join(audiences).encode())
+        body["proof"] = make_proof(chain, key, "jwt-svid", jwt_payload(audiences))
     elif ci:
         from cli.ci_tokens import github_token, gitlab_token
 

@@ -50,6 +50,8 @@ def _spec_changes(data: dict[str, Any]) -> dict[str, Any]:
                 raise BadRequest("'expires_at' needs a time zone (e.g. Z)")
             changes["expires_at"] = moment
         elif name in ("x509_ttl_seconds", "jwt_ttl_seconds"):
+            if not 0 < value <= 86400:
+                raise BadRequest(f"'{name}' {value} is outside 1-86400 seconds")
             changes[name.replace("_seconds", "")] = timedelta(seconds=value)
         else:
             changes[name] = value
@@ -106,6 +108,8 @@ def create_token() -> Any:
     spiffe_id, ttl = data.get("spiffe_id"), data.get("ttl_seconds", 600)
     if not isinstance(spiffe_id, str) or isinstance(ttl, bool) or not isinstance(ttl, int):
         raise BadRequest("'spiffe_id' (string) and 'ttl_seconds' (integer) are required")
+    if not 0 < ttl <= 7 * 86400:
+        raise BadRequest(f"'ttl_seconds' {ttl} is outside 1-604800 seconds")
     issued = state().tokens.create(spiffe_id, timedelta(seconds=ttl), actor)
     return jsonify(
         {

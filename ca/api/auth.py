@@ -68,7 +68,7 @@ def require_admin() -> str:
         )
     try:
         proof = json.loads(base64.b64decode(header, validate=True))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise Unauthenticated(f"{PROOF_HEADER} is not base64-encoded JSON") from None
     api = state()
     now = datetime.now(UTC)
@@ -76,6 +76,9 @@ def require_admin() -> str:
     proven = verify_proof(
         proof, "admin", request_payload(), issuer.bundle().roots, now, issuer.is_revoked
     )
+    from ca.api.svid import check_issuers
+
+    check_issuers(issuer, proven)
     api.used.spend([proven.replay_key], now)
     admins = [
         e for e in issuer.state().entries if e.spiffe_id == proven.spiffe_id and e.usable(now)

@@ -115,6 +115,8 @@ def _start_rotation(service: CAService) -> None:
                 for done in rotate_due(service.keystore, service.database, policy):
                     log.warning("rotation: %s", done)
                     service.issuer.invalidate()
+                # Replay records and nonces are only needed until they expire.
+                UsedEvidenceLedger(service.database).purge(datetime.now(UTC))
             except Exception:  # keep rotating after a passing failure (HSM, database)
                 log.exception("rotation check failed")
             threading.Event().wait(ROTATION_INTERVAL)

@@ -12,9 +12,10 @@ from attestation.base import AttestationFailed
 from ca.api import metrics
 from ca.api.context import state
 from ca.api.limits import limit
+from ca.csr import check_csr
 from ca.errors import CAError
 from ca.issuer import X509SVID
-from ca.pop import issuer_kid, verify_proof
+from ca.pop import issuer_kid, jwt_payload, verify_proof
 from idmint.errors import IdmintError
 
 blueprint = Blueprint("svid", __name__)
@@ -27,7 +28,10 @@ class BadRequest(CAError):
 
 
 def body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        data = None  # absurdly nested JSON is as malformed as any other
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
     return data
@@ -83,6 +87,12 @@ def x509_svid() -> Any:
     csr = _text(data, "csr")
     spiffe_id = _text(data, "spiffe_id", required=False)
     api = state()
+    # The CSR first: a malformed one must not burn single-use evidence.
+    try:
+        checked = check_csr((csr or "").encode("ascii", "replace"))
+    except IdmintError as error:
+        api.service.issuer.refuse("x509-svid.issue", request.remote_addr or "-", error, ())
+        raise
     attested = api.attest(data.get("attestation"))
     limit(attested.subject)
     svid = _observe(
@@ -93,6 +103,7 @@ def x509_svid() -> Any:
             spiffe_id,
             actor=attested.subject,
             granted=attested.spiffe_id,
+            checked=checked,
         ),
     )
     return jsonify(_x509_response(svid)), 201
@@ -108,7 +119,7 @@ def jwt_svid() -> Any:
     api = state()
     now = datetime.now(UTC)
     if "proof" in data:
-        proven = _prove(data["proof"], "jwt-svid", ",".join(audiences).encode(), now)
+        proven = _prove(data["proof"], "jwt-svid", jwt_payload(audiences), now)
         selectors: tuple[str, ...] = ()
         actor, granted = f"svid:{proven}", proven
         granted_id: str | None = granted
@@ -143,14 +154,29 @@ def _prove(proof: Any, purpose: str, payload: bytes, now: datetime) -> str:
         now,
         is_revoked=issuer.is_revoked,
     )
-    state_of_issuer = issuer.authority_state(proven.issuer_kid)
-    if state_of_issuer in ("tainted", "removed"):
-        raise AttestationFailed(
-            f"this SVID was issued by a {state_of_issuer} authority and cannot be renewed; "
-            "attest again to get a new one"
-        )
+    check_issuers(issuer, proven)
     api.used.spend([proven.replay_key], now)
     return proven.spiffe_id
+
+
+#: Authorities whose SVIDs may still prove anything: a retired one signed
+#: before it was rotated out; tainted, removed or unknown ones may not.
+TRUSTED_STATES = frozenset({"active", "retired"})
+
+
+def check_issuers(issuer: Any, proven: Any) -> None:
+    """Refuse a proof whose intermediate or root is not in a trusted state.
+
+    A tainted authority's key may be in someone else's hands, who could mint
+    an SVID for any SPIFFE ID; such SVIDs must not renew or administer.
+    """
+    for role, kid in (("intermediate", proven.issuer_kid), ("root", proven.root_kid)):
+        found = issuer.authority_state(kid)
+        if found not in TRUSTED_STATES:
+            raise AttestationFailed(
+                f"this SVID was issued under a {found or 'unknown'} {role} authority and "
+                "cannot be used to renew or authenticate; attest again to get a new one"
+            )
 
 
 @blueprint.post("/v1/svid/x509/status")

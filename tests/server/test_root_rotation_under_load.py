@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.pop import make_proof
+from ca.pop import jwt_payload, make_proof
 from tests.server.conftest import Server, csr_pem
 from tests.tls import context, handshake, write_svid
 
@@ -91,7 +91,7 @@ def test_root_rotation_with_twenty_busy_workloads(server: Server) -> None:
                 )
                 holders[index] = (key, svid)
                 audience = f"peer-{index}"
-                jwt_proof = make_proof(svid["chain_pem"], key, "jwt-svid", audience.encode())
+                jwt_proof = make_proof(svid["chain_pem"], key, "jwt-svid", jwt_payload([audience]))
                 status, _, issued = server.request(
                     "POST", "/v1/svid/jwt", {"proof": jwt_proof, "audience": audience}
                 )

@@ -17,6 +17,18 @@ from tests.server.conftest import Server, csr_pem
 
 def test_taint_of_the_intermediate(server: Server) -> None:
     key, before = server.x509_by_token("spiffe://example.org/taint/web")
+    admin_id = "spiffe://example.org/taint/admin"
+    server.entry(admin_id, ["join_token:any:true"], admin=True)
+    admin_key = ec.generate_private_key(ec.SECP256R1())
+    status, _, admin_svid = server.request(
+        "POST",
+        "/v1/svid/x509",
+        {
+            "attestation": {"type": "join_token", "token": server.join_token(admin_id)},
+            "csr": csr_pem(admin_key),
+        },
+    )
+    assert status == 201
     status, _, fresh = server.request(
         "POST", "/v1/svid/x509/status", {"chain": before["chain_pem"]}
     )
@@ -48,7 +60,12 @@ def test_taint_of_the_intermediate(server: Server) -> None:
     csr = csr_pem(ec.generate_private_key(ec.SECP256R1()))
     proof = make_proof(before["chain_pem"], key, "x509-renew", csr.encode())
     status, _, refused = server.request("POST", "/v1/svid/x509/renew", {"csr": csr, "proof": proof})
-    assert status == 401 and "tainted authority" in refused["detail"]
+    assert status == 401 and "tainted intermediate authority" in refused["detail"]
+
+    # An admin SVID from the tainted intermediate no longer authenticates.
+    header = server.proof_header(admin_svid["chain_pem"], admin_key, "GET", "/v1/entries", b"")
+    status, _, problem = server.request("GET", "/v1/entries", headers={"X-Idmint-Proof": header})
+    assert status == 401 and "tainted intermediate authority" in problem["detail"]
 
     # Attesting again works, under the successor.
     _, after = server.x509_by_token("spiffe://example.org/taint/web2")
