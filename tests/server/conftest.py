@@ -232,6 +232,52 @@ def raw_es256(key: Any, data: bytes) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without idmint or SoftHSM settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
+    env.pop("SOFTHSM2_CONF", None)
+    return {**env, **extra}
+
+
+def start_server(
+    data: Path, base: Path, name: str = "server", workers: int = 1, new_session: bool = False
+) -> Server:
+    """Start ``idmint server`` on ``data`` on a free port and wait until it is ready."""
+    port = _free_port()
+    log_path = base / f"{name}.log"
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [
+                *_idmint(),
+                "server",
+                "--data-dir",
+                str(data),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--rate-limit",
+                "none",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            start_new_session=new_session,
+        )
+    ca_key, ca_cert = _bootstrap_ca(base)
+    server = Server(data, port, process, TokenIssuer("x"), TokenIssuer("y"), ca_key, ca_cert)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if server.request("GET", "/readyz")[0] == 200:
+                return server
+        except (OSError, ssl.SSLError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("idmint server did not start:\n" + log_path.read_text())
+        time.sleep(0.2)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

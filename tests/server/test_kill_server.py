@@ -29,48 +29,18 @@ from ca.storage.models import AuthorityKind, AuthorityState, CredentialKind, Rev
 from cli.admin_client import call
 from hsm import KeyStore
 from hsm.uri import PKCS11URI
-from tests.server.conftest import Server, TokenIssuer, _bootstrap_ca, _free_port
+from tests.server.conftest import Server, clean_env, start_server
 
 IDMINT = str(Path(sys.executable).parent / "idmint")
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-    env.pop("SOFTHSM2_CONF", None)
-    return env
+    return clean_env()
 
 
 def _start(data: Path, base: Path) -> Server:
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            IDMINT,
-            "server",
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--rate-limit",
-            "none",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        start_new_session=True,  # its own process group: kill -9 reaches every worker
-    )
-    key, cert = _bootstrap_ca(base)
-    server = Server(data, port, process, TokenIssuer("x"), TokenIssuer("y"), key, cert)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if server.request("GET", "/readyz")[0] == 200:
-                return server
-        except OSError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
+    # Its own process group, so that kill -9 reaches every worker.
+    return start_server(data, base, "killed", workers=2, new_session=True)
 
 
 def _check(data: Path, acknowledged: set[str]) -> None:

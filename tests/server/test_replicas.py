@@ -7,7 +7,6 @@ other's bundle.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,50 +17,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.pg import fresh_database
-from tests.server.conftest import Server, TokenIssuer, _bootstrap_ca, _free_port, csr_pem
+from tests.server.conftest import Server, clean_env, csr_pem, start_server
 
 IDMINT = [str(Path(sys.executable).parent / "idmint")]
 
 
 def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-    env.pop("SOFTHSM2_CONF", None)
-    return env
+    return clean_env()
 
 
 def _start(data: Path, base: Path, name: str) -> Server:
-    port = _free_port()
-    log = (base / f"{name}.log").open("wb")
-    process = subprocess.Popen(
-        [
-            *IDMINT,
-            "server",
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--rate-limit",
-            "none",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=_environment(),
-    )
-    log.close()  # the child holds its own descriptor
-    ca_key, ca_cert = _bootstrap_ca(base)
-    server = Server(data, port, process, TokenIssuer("x"), TokenIssuer("y"), ca_key, ca_cert)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if server.request("GET", "/readyz")[0] == 200:
-                return server
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((base / f"{name}.log").read_text())
-        time.sleep(0.2)
+    return start_server(data, base, name)
 
 
 @pytest.fixture
