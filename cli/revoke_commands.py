@@ -76,3 +76,31 @@ def jwt_command(data_dir: str | None, jti: str, reason: str, output: str) -> Non
 def entry_command(data_dir: str | None, entry_id: str, reason: str, output: str) -> None:
     """Disable an entry and revoke its outstanding credentials."""
     _revoke(data_dir, {"kind": "entry", "entry_id": entry_id, "reason": reason}, output)
+
+
+@revoke.command("authority")
+@data_dir_option
+@click.option("--id", "authority_id", type=int, required=True, help="See idmint authority list.")
+@output_option
+def authority_command(data_dir: str | None, authority_id: int, output: str) -> None:
+    """Drop an authority from the bundle now (same as idmint authority revoke)."""
+    from ca.rotation import describe
+    from ca.rotation import revoke as revoke_authority
+    from hsm import KeyStore
+
+    directory = resolve_data_dir(data_dir)
+    if admin_client.available(directory):
+        admin_client.call(
+            directory, "POST", "/v1/revocations", {"kind": "authority", "id": authority_id}
+        )
+        if output == "json":
+            emit_json({"kind": "authority", "revoked": [str(authority_id)]})
+        else:
+            click.echo(f"Revoked authority {authority_id}")
+        return
+    with data_directory(data_dir) as (config, database), KeyStore(config.hsm) as keystore:
+        row = revoke_authority(keystore, database, authority_id, cli_actor())
+    if output == "json":
+        emit_json(describe([row]))
+    else:
+        click.echo(f"Revoked authority {authority_id} ({row.kind.value})")

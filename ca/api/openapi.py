@@ -363,7 +363,11 @@ def document() -> dict[str, Any]:
                             "type": "object",
                             "required": ["kind"],
                             "properties": {
-                                "kind": {"type": "string", "enum": ["x509", "jwt", "entry"]},
+                                "kind": {
+                                    "type": "string",
+                                    "enum": ["x509", "jwt", "entry", "authority"],
+                                },
+                                "id": {"type": "integer"},
                                 "serial": {"type": "string"},
                                 "jti": {"type": "string"},
                                 "entry_id": {"type": "string"},

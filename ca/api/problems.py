@@ -32,6 +32,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "rate-limited": 429,
     "revoked": 403,
     "already-revoked": 409,
+    "invalid-transition": 409,
     "invalid-jwt-svid": 401,
     "hsm-error": 503,
     "hsm-session-lost": 503,

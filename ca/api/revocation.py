@@ -130,6 +130,15 @@ def revoke() -> Any:
     if not isinstance(reason, str):
         raise BadRequest("'reason' must be a string")
     service = state().service
+    if kind == "authority":
+        from ca.rotation import revoke as revoke_authority
+
+        authority_id = data.get("id")
+        if isinstance(authority_id, bool) or not isinstance(authority_id, int):
+            raise BadRequest("'id' (integer) is required to revoke an authority")
+        row = revoke_authority(service.keystore, service.database, authority_id, actor)
+        service.issuer.invalidate()
+        return jsonify({"revoked": [str(row.id)], "kind": "authority"}), 201
     if kind == "entry":
         entry_id = data.get("entry_id")
         if not isinstance(entry_id, str):
@@ -138,7 +147,7 @@ def revoke() -> Any:
         service.issuer.invalidate()
         return jsonify({"revoked": [d.identifier for d in done], "entry_id": entry_id}), 201
     if kind not in ("x509", "jwt"):
-        raise BadRequest("'kind' must be x509, jwt or entry")
+        raise BadRequest("'kind' must be x509, jwt, entry or authority")
     name = "serial" if kind == "x509" else "jti"
     identifier = data.get(name)
     if not isinstance(identifier, str) or not identifier:

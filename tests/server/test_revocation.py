@@ -187,3 +187,57 @@ def test_revoking_an_entry_revokes_its_credentials_and_stops_issuance(
         },
     )
     assert status == 403 and "no enabled, unexpired registration entry" in problem["detail"]
+
+
+def test_ocsp_unknown_for_a_serial_never_issued(server: Server, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _, svid = server.x509_by_token("spiffe://example.org/rev/unknown")
+    root = tmp_path / "root.pem"
+    root.write_text(svid["bundle_pem"])
+    _, intermediate = _split_chain(tmp_path, "real", svid["chain_pem"])
+    issuer = x509.load_pem_x509_certificate(Path(intermediate).read_bytes())
+    forger = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    stranger = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(issuer.subject)
+        .public_key(forger.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(minutes=5))
+        .sign(forger, hashes.SHA256())
+    )
+    path = tmp_path / "stranger.pem"
+    path.write_bytes(stranger.public_bytes(serialization.Encoding.PEM))
+    assert _ocsp_status(server, tmp_path, str(path), intermediate, str(root)) == "unknown"
+
+
+def test_revoke_an_authority_through_the_api(server: Server) -> None:
+    prepared = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "idmint"),
+            "authority",
+            "prepare",
+            "jwt",
+            "--data-dir",
+            str(server.data_dir),
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    import json
+
+    (row,) = json.loads(prepared.stdout)
+    result = server.admin("POST", "/v1/revocations", {"kind": "authority", "id": row["id"]})
+    assert result == {"revoked": [str(row["id"])], "kind": "authority"}
+    _, _, jwks = server.request("GET", "/v1/jwks")
+    assert row["kid"] not in {k["kid"] for k in jwks["keys"]}
