@@ -42,7 +42,16 @@ if [[ -z "$python" ]]; then
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
-    "$python" -m venv .venv
+    if ! "$python" -m venv .venv 2>/dev/null; then
+        # Debian's own python3 ships venv separately.
+        rm -rf .venv
+        if command -v apt-get >/dev/null; then
+            sudo=""
+            [[ $(id -u) -ne 0 ]] && sudo="sudo"
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+        fi
+        "$python" -m venv .venv
+    fi
 fi
 extras=""
 ((want_test)) && extras="[test,postgres]"
