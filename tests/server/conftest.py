@@ -212,6 +212,19 @@ class Server:
         assert status == 201, body
         return key, body
 
+    def authority(self, *args: str) -> list[dict[str, Any]]:
+        """Run ``idmint authority ARGS --output json`` on this server's data directory."""
+        done = subprocess.run(
+            [*_idmint(), "authority", *args, "--data-dir", str(self.data_dir), "--output", "json"],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        result: list[dict[str, Any]] = json.loads(done.stdout)
+        return result
+
     def proof_header(self, chain_pem: str, key: Any, method: str, path: str, body: bytes) -> str:
         proof = make_proof(chain_pem, key, "admin", f"{method} {path}\n".encode() + body)
         return base64.b64encode(json.dumps(proof).encode()).decode()

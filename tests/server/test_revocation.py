@@ -218,25 +218,7 @@ def test_ocsp_unknown_for_a_serial_never_issued(server: Server, tmp_path: Path) 
 
 
 def test_revoke_an_authority_through_the_api(server: Server) -> None:
-    prepared = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "idmint"),
-            "authority",
-            "prepare",
-            "jwt",
-            "--data-dir",
-            str(server.data_dir),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert prepared.returncode == 0, prepared.stderr
-    import json
-
-    (row,) = json.loads(prepared.stdout)
+    (row,) = server.authority("prepare", "jwt")
     result = server.admin("POST", "/v1/revocations", {"kind": "authority", "id": row["id"]})
     assert result == {"revoked": [str(row["id"])], "kind": "authority"}
     _, _, jwks = server.request("GET", "/v1/jwks")

@@ -10,10 +10,7 @@ removes the old root. Every failure of any step is counted; none may occur.
 
 from __future__ import annotations
 
-import os
 import ssl
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,28 +27,7 @@ WORKLOADS = 20
 
 
 def _idmint(server: Server, *args: str) -> list[dict[str, Any]]:
-    import json
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-    env.pop("SOFTHSM2_CONF", None)
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "idmint"),
-            "authority",
-            *args,
-            "--data-dir",
-            str(server.data_dir),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result: list[dict[str, Any]] = json.loads(done.stdout)
-    return result
+    return server.authority(*args)
 
 
 def test_root_rotation_with_twenty_busy_workloads(server: Server) -> None:
