@@ -132,7 +132,7 @@ class X509PoPAttestor(Attestor):
                 for u in san.get_values_for_type(x509.UniformResourceIdentifier)
             ]
         except x509.ExtensionNotFound:
-            pass
+            pass  # a bootstrap certificate without SANs yields only CN and CA selectors
         return Attested(
             selectors=tuple(sorted(set(selectors))),
             subject=f"x509pop:{leaf.subject.rfc4514_string()}",

@@ -24,8 +24,6 @@ sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
 import argparse
 import http.client
 import json
-import os
-import socket
 import ssl
 import statistics
 import subprocess
@@ -44,15 +42,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attestation.join_token import new_token, token_hash
+from benchmarks.serving import IDMINT as IDMINT_PATH
+from benchmarks.serving import clean_env, start_server
 from ca.storage.db import Database
 
-IDMINT = [str(Path(sys.executable).parent / "idmint")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+IDMINT = [IDMINT_PATH]
 
 
 def mint_tokens(database: Database, spiffe_id: str, count: int) -> list[str]:
@@ -149,8 +143,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-    environment.pop("SOFTHSM2_CONF", None)
+    environment = clean_env()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "data"
         subprocess.run(
@@ -205,42 +198,12 @@ def main() -> None:
             ).encode()
             for t in jwt_tokens
         ]
-        port = free_port()
-        log = (Path(scratch) / "server.log").open("wb")
-        server = subprocess.Popen(
-            [
-                *IDMINT,
-                "server",
-                "--data-dir",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(args.workers),
-                "--threads",
-                str(args.threads),
-                "--rate-limit",
-                "none",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**environment},
-        )
+        server, port = start_server(
+            data, "--workers", str(args.workers), "--threads", str(args.threads),
+            "--rate-limit", "none", log=Path(scratch) / "server.log",
+        )  # fmt: skip
         bundle = str(data / "server" / "bundle.pem")
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    context = ssl.create_default_context(cafile=bundle)
-                    probe = http.client.HTTPSConnection("127.0.0.1", port, context=context)
-                    probe.request("GET", "/readyz")
-                    if probe.getresponse().status == 200:
-                        break
-                except (OSError, ssl.SSLError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start")
-                time.sleep(0.2)
             # Warm every worker (sessions, caches) before timing.
             run_load(port, bundle, x509_bodies[-200:], "/v1/svid/x509", args.clients, 1.0)
             run_load(port, bundle, jwt_bodies[-200:], "/v1/svid/jwt", args.clients, 1.0)
@@ -253,7 +216,6 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-            log.close()
     print(
         json.dumps(
             {

@@ -55,39 +55,21 @@ from hsm.softhsm import create_token
 def propagation(samples: int = 5) -> dict[str, float]:
     """Seconds from a committed root change to the server's bundle showing it."""
     import http.client
-    import socket
     import ssl
     import subprocess
 
-    idmint = str(Path(sys.executable).parent / "idmint")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-    environment.pop("SOFTHSM2_CONF", None)
+    from benchmarks.serving import IDMINT, clean_env, start_server
+
+    environment = clean_env()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "data"
         subprocess.run(
-            [idmint, "init", "--data-dir", str(data), "--trust-domain", "b.test"],
+            [IDMINT, "init", "--data-dir", str(data), "--trust-domain", "b.test"],
             check=True,
             capture_output=True,
             env=environment,
         )
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen(
-            [
-                idmint,
-                "server",
-                "--data-dir",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=environment,
-        )
+        server, port = start_server(data, "--workers", "2")
 
         def roots() -> int:
             context = ssl.create_default_context(cafile=str(data / "server" / "bundle.pem"))
@@ -99,19 +81,11 @@ def propagation(samples: int = 5) -> dict[str, float]:
                 connection.close()
 
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    current = roots()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            current = roots()
             delays = []
             for _ in range(samples):
                 subprocess.run(
-                    [idmint, "authority", "prepare", "root", "--data-dir", str(data)],
+                    [IDMINT, "authority", "prepare", "root", "--data-dir", str(data)],
                     check=True,
                     capture_output=True,
                     env=environment,
@@ -122,7 +96,7 @@ def propagation(samples: int = 5) -> dict[str, float]:
                 delays.append(time.perf_counter() - committed)
                 current = roots()
                 subprocess.run(
-                    [idmint, "authority", "activate", "root", "--data-dir", str(data)],
+                    [IDMINT, "authority", "activate", "root", "--data-dir", str(data)],
                     check=True,
                     capture_output=True,
                     env=environment,

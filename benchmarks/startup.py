@@ -17,18 +17,17 @@ import sys
 sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
 
 import argparse
-import http.client
 import json
-import os
-import socket
-import ssl
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-IDMINT = str(Path(sys.executable).parent / "idmint")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.serving import IDMINT, clean_env, start_server
+
 CHILD = (
     "from idmint.workload import start\n"
     "import sys\n"
@@ -60,8 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-    env.pop("SOFTHSM2_CONF", None)
+    env = clean_env()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "data"
         subprocess.run(
@@ -108,32 +106,10 @@ def main() -> None:
             ).stdout.strip()
             for _ in range(args.runs + 2)
         ]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen(
-            [IDMINT, "server", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        server, port = start_server(data)
         bundle = str(data / "server" / "bundle.pem")
         url = f"https://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    connection = http.client.HTTPSConnection(
-                        "127.0.0.1", port, context=ssl.create_default_context(cafile=bundle)
-                    )
-                    connection.request("GET", "/readyz")
-                    if connection.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start")
-                time.sleep(0.2)
             timed([sys.executable, "-c", CHILD, url, bundle, tokens.pop()])  # warm caches
             workload = [
                 timed([sys.executable, "-c", CHILD, url, bundle, tokens.pop()])

@@ -327,12 +327,12 @@ def ensure_authorities(
                 now=now,
             )
         except AuthorityConflict:
-            pass
+            pass  # another replica made it first; its authority serves us too
     if not authorities(database, AuthorityKind.JWT, AuthorityState.ACTIVE):
         try:
             create_jwt_authority(keystore, database, jwt_algorithm_, jwt_lifetime, now=now)
         except AuthorityConflict:
-            pass
+            pass  # likewise
 
 
 def authorities(

@@ -79,5 +79,5 @@ def finalize_all() -> None:
             try:
                 loaded.lib.finalize()
             except pkcs11.PKCS11Error:
-                pass
+                pass  # already finalised or never usable: nothing to release
         _modules.clear()

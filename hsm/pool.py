@@ -212,4 +212,4 @@ def _close_quietly(session: Any) -> None:
     try:
         session.close()
     except pkcs11.PKCS11Error:
-        pass
+        pass  # the token already closed it

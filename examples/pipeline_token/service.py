@@ -67,7 +67,7 @@ def main() -> None:
             self.wfile.write(text.encode() + b"\n")
 
         def log_message(self, *args: object) -> None:
-            pass
+            pass  # keep stderr for our own output
 
     httpd = http.server.HTTPServer(("127.0.0.1", args.port), Handler)
     print(httpd.server_port, flush=True)

@@ -197,9 +197,11 @@ class Server:
         made = self.admin("POST", "/v1/join-tokens", {"spiffe_id": spiffe_id, "ttl_seconds": ttl})
         return str(made["token"])
 
-    def x509_by_token(self, spiffe_id: str, key: Any = None) -> tuple[Any, dict[str, Any]]:
-        """Entry + join token + X509-SVID for ``spiffe_id``; returns (key, response)."""
-        self.entry(spiffe_id, ["join_token:any:true"])
+    def x509_by_token(
+        self, spiffe_id: str, key: Any = None, **entry: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """Entry (with ``entry`` fields) + join token + X509-SVID; returns (key, response)."""
+        self.entry(spiffe_id, ["join_token:any:true"], **entry)
         key = key or ec.generate_private_key(ec.SECP256R1())
         status, _, body = self.request(
             "POST",
@@ -253,7 +255,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def start_server(
-    data: Path, base: Path, name: str = "server", workers: int = 1, new_session: bool = False
+    data: Path,
+    base: Path,
+    name: str = "server",
+    workers: int = 1,
+    new_session: bool = False,
+    issuers: tuple[TokenIssuer, TokenIssuer] | None = None,
+    bootstrap: tuple[Any, x509.Certificate] | None = None,
 ) -> Server:
     """Start ``idmint server`` on ``data`` on a free port and wait until it is ready."""
     port = _free_port()
@@ -277,8 +285,9 @@ def start_server(
             env=clean_env(),
             start_new_session=new_session,
         )
-    ca_key, ca_cert = _bootstrap_ca(base)
-    server = Server(data, port, process, TokenIssuer("x"), TokenIssuer("y"), ca_key, ca_cert)
+    ci, k8s = issuers or (TokenIssuer("x"), TokenIssuer("y"))
+    ca_key, ca_cert = bootstrap or _bootstrap_ca(base)
+    server = Server(data, port, process, ci, k8s, ca_key, ca_cert)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -306,19 +315,16 @@ def _idmint() -> list[str]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("server")
     data = base / "data"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-    environment.pop("SOFTHSM2_CONF", None)
     subprocess.run(
         [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", "example.org"],
         check=True,
         capture_output=True,
-        env=environment,
+        env=clean_env(),
     )
     ci, k8s = TokenIssuer(OIDC_ISSUER), TokenIssuer(K8S_ISSUER)
     (data / "ci-jwks.json").write_text(json.dumps(ci.jwks()))
     (data / "k8s-jwks.json").write_text(json.dumps(k8s.jwks()))
     bootstrap_key, bootstrap_cert = _bootstrap_ca(data)
-    port = _free_port()
     with (data / "idmint.toml").open("a") as config:
         config.write(
             f'\n[attestation.oidc.ci]\nissuer = "{OIDC_ISSUER}"\naudience = "idmint"\n'
@@ -327,41 +333,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             'jwks_file = "k8s-jwks.json"\ncluster = "test"\n'
             '\n[attestation.x509pop]\nca_bundle = "bootstrap-ca.pem"\n'
         )
-    log = (base / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            *_idmint(),
-            "server",
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--rate-limit",
-            "none",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=environment,
+    running = start_server(
+        data, base, workers=2, issuers=(ci, k8s), bootstrap=(bootstrap_key, bootstrap_cert)
     )
-    running = Server(data, port, process, ci, k8s, bootstrap_key, bootstrap_cert)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            status, _, _ = running.request("GET", "/readyz")
-            if status == 200:
-                break
-        except (OSError, ssl.SSLError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            raise RuntimeError("idmint server did not start:\n" + (base / "server.log").read_text())
-        time.sleep(0.2)
     yield running
-    process.terminate()
+    running.process.terminate()
     try:
-        process.wait(timeout=20)
+        running.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        running.process.kill()

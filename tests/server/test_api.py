@@ -281,17 +281,7 @@ def test_admin_routes_refuse_anonymous_and_non_admin_callers(
 
 def test_admin_svid_may_administer(server: Server) -> None:
     spiffe_id = "spiffe://example.org/ops/admin"
-    server.entry(spiffe_id, ["join_token:any:true"], admin=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    status, _, svid = server.request(
-        "POST",
-        "/v1/svid/x509",
-        {
-            "attestation": {"type": "join_token", "token": server.join_token(spiffe_id)},
-            "csr": csr_pem(key),
-        },
-    )
-    assert status == 201
+    key, svid = server.x509_by_token(spiffe_id, admin=True)
     time.sleep(1.1)
     header = server.proof_header(svid["chain_pem"], key, "GET", "/v1/entries", b"")
     status, _, body = server.request("GET", "/v1/entries", headers={"X-Idmint-Proof": header})

@@ -47,7 +47,7 @@ def test_github_actions_job_gets_a_jwt_svid_without_a_static_secret(
             self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
-            pass
+            pass  # keep stderr for our own output
 
     endpoint = http.server.HTTPServer(("127.0.0.1", 0), ActionsTokenEndpoint)
     thread = threading.Thread(target=endpoint.serve_forever, daemon=True)

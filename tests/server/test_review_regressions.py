@@ -27,17 +27,7 @@ def _other_form(signature_b64: str) -> str:
 
 def test_malleated_proof_signature_does_not_replay(server: Server) -> None:
     spiffe_id = "spiffe://example.org/review/admin"
-    server.entry(spiffe_id, ["join_token:any:true"], admin=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    status, _, svid = server.request(
-        "POST",
-        "/v1/svid/x509",
-        {
-            "attestation": {"type": "join_token", "token": server.join_token(spiffe_id)},
-            "csr": csr_pem(key),
-        },
-    )
-    assert status == 201
+    key, svid = server.x509_by_token(spiffe_id, admin=True)
     body = json.dumps({"spiffe_id": spiffe_id, "ttl_seconds": 600}).encode()
     proof = make_proof(svid["chain_pem"], key, "admin", b"POST /v1/join-tokens\n" + body)
     header = base64.b64encode(json.dumps(proof).encode()).decode()

@@ -14,17 +14,7 @@ from tests.server.conftest import Server, csr_pem
 def test_taint_of_the_intermediate(server: Server) -> None:
     key, before = server.x509_by_token("spiffe://example.org/taint/web")
     admin_id = "spiffe://example.org/taint/admin"
-    server.entry(admin_id, ["join_token:any:true"], admin=True)
-    admin_key = ec.generate_private_key(ec.SECP256R1())
-    status, _, admin_svid = server.request(
-        "POST",
-        "/v1/svid/x509",
-        {
-            "attestation": {"type": "join_token", "token": server.join_token(admin_id)},
-            "csr": csr_pem(admin_key),
-        },
-    )
-    assert status == 201
+    admin_key, admin_svid = server.x509_by_token(admin_id, admin=True)
     status, _, fresh = server.request(
         "POST", "/v1/svid/x509/status", {"chain": before["chain_pem"]}
     )
