@@ -18,12 +18,15 @@ from typing import Any, Protocol
 from attestation.base import AttestationFailed, Attested, Attestor, register, require
 
 TOKEN_BYTES = 32
+# A fixed prefix: a token can never begin with "-" (which argparse, click and
+# shells read as an option), and secret scanners can recognise leaked tokens.
+TOKEN_PREFIX = "idmjt_"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def new_token() -> str:
-    """A fresh join token: 256 random bits, URL-safe."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A fresh join token: ``idmjt_`` and 256 random bits, URL-safe."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def token_hash(token: str) -> str:
