@@ -1,0 +1,71 @@
+"""SQLite write turns: processes and threads take turns, nested sessions work."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+
+from sqlalchemy import text
+
+from ca.storage.db import Database, migrate
+
+
+def _hold_turn(database: Database, entered: object, release: object) -> None:
+    # The parent's own Database object, inherited over fork() as gunicorn's
+    # workers would inherit one made before forking.
+    with database.session() as session:
+        session.execute(text("CREATE TABLE IF NOT EXISTS marks (who TEXT)"))
+        session.execute(text("INSERT INTO marks VALUES ('child')"))
+        entered.set()  # type: ignore[attr-defined]
+        release.wait(30)  # type: ignore[attr-defined]
+
+
+def test_a_forked_process_and_its_parent_take_turns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'idmint.db'}"
+    migrate(url)
+    parent = Database(url)
+    with parent.session() as session:  # opens the parent's lock file before the fork
+        session.execute(text("SELECT 1"))
+    context = multiprocessing.get_context("fork")
+    entered, release = context.Event(), context.Event()
+    child = context.Process(target=_hold_turn, args=(parent, entered, release))
+    child.start()
+    assert entered.wait(30)
+    order: list[str] = []
+
+    def parent_writes() -> None:
+        with parent.session() as session:
+            # Our turn comes only after the child committed: its row is there.
+            order.append(str(session.execute(text("SELECT who FROM marks")).scalar()))
+            session.execute(text("INSERT INTO marks VALUES ('parent')"))
+
+    writer = threading.Thread(target=parent_writes)
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive(), "the parent wrote while the child held the turn"
+    release.set()
+    writer.join(30)
+    child.join(30)
+    assert child.exitcode == 0
+    assert order == ["child"]
+    parent.close()
+
+
+def test_sessions_nest_in_one_thread_and_release_the_turn(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'idmint.db'}"
+    migrate(url)
+    database = Database(url)
+    with database.session() as outer:
+        outer.execute(text("SELECT 1"))
+        with database.connection() as inner:
+            inner.execute(text("SELECT 1"))
+    # Released: another process gets the turn at once.
+    context = multiprocessing.get_context("fork")
+    entered, release = context.Event(), context.Event()
+    release.set()
+    child = context.Process(target=_hold_turn, args=(database, entered, release))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and entered.is_set()
+    database.close()
