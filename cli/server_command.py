@@ -93,6 +93,7 @@ def server(
         "graceful_timeout": 10,
         "limit_request_line": 8190,
         "limit_request_field_size": 16384,
+        "ssl_context": _reused_ssl_context,
         "when_ready": lambda arbiter: _when_ready(
             arbiter, socket_path, directory, names, own_tls=not (tls_cert and tls_key)
         ),
@@ -140,6 +141,26 @@ def _prepare(config: Any, server_dir: Path | None, names: list[str]) -> tuple[Pa
     finally:
         service.close()
         modules.finalize_all()
+
+
+_ssl_contexts: dict[tuple[int, int, int], Any] = {}
+
+
+def _reused_ssl_context(conf: Any, default_factory: Any) -> Any:
+    """gunicorn's ``ssl_context`` hook: one context per worker and certificate.
+
+    gunicorn calls the factory for every connection, which re-reads the
+    certificate and key from disk (measured: 2-3.5 ms of each 4.5 ms TLS
+    connect on loopback). A context is reusable across connections; it is
+    rebuilt when the certificate file changes (renewal) or in a new worker.
+    """
+    stat = os.stat(conf.certfile)
+    key = (os.getpid(), stat.st_mtime_ns, stat.st_size)
+    context = _ssl_contexts.get(key)
+    if context is None:
+        _ssl_contexts.clear()
+        context = _ssl_contexts[key] = default_factory()
+    return context
 
 
 #: Renew the server's own certificate when less than this is left; it lives

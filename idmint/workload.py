@@ -25,16 +25,14 @@ import ssl
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.pop import make_proof
 from idmint.errors import IdmintError
 
 
@@ -44,8 +42,7 @@ class WorkloadError(IdmintError):
     code = "workload-error"
 
 
-@dataclass(frozen=True)
-class SVID:
+class SVID(NamedTuple):
     """The current X509-SVID of this process."""
 
     spiffe_id: str
@@ -144,6 +141,10 @@ class Workload:
         assert self.svid is not None and self._key is not None
         key = ec.generate_private_key(ec.SECP256R1())
         csr = _csr(key)
+        # Imported here: start-up time is what a service pays on every
+        # launch, and renewal happens minutes later.
+        from ca.pop import make_proof
+
         proof = make_proof(self.svid.chain_pem, self._key, "x509-renew", csr.encode())
         self._install(key, self._post("/v1/svid/x509/renew", {"csr": csr, "proof": proof}))
         return self.svid
