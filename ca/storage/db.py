@@ -136,7 +136,7 @@ class Database:
 
 
 def bulk_insert(
-    session: Session, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    session: Session | Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> None:
     """INSERT many rows through the driver's executemany, skipping per-value processing.
 
@@ -145,7 +145,7 @@ def bulk_insert(
     """
     if not rows:
         return
-    connection = session.connection()
+    connection = session if isinstance(session, Connection) else session.connection()
     marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     sql = (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marker for _ in columns)})"
