@@ -84,18 +84,46 @@ def leaf_certificate(
         )
     _check_spiffe_id(spiffe_id)
     _check_window(not_before, not_after, issuer.not_valid_after_utc)
+    template = _template(
+        issuer,
+        spiffe_id,
+        tuple(dns_names),
+        isinstance(public_key, rsa.RSAPublicKey),
+        crl_url or None,
+        ocsp_url or None,
+    )
+    return (
+        template.public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(
+    issuer: x509.Certificate,
+    spiffe_id: str,
+    dns_names: tuple[str, ...],
+    rsa_key: bool,
+    crl_url: str | None,
+    ocsp_url: str | None,
+) -> x509.CertificateBuilder:
+    """Names and the extensions every leaf of one entry under one issuer shares.
+
+    Builders are immutable, so one can be shared by threads and extended per
+    leaf; each ``add_extension`` re-checks all earlier ones for duplicates,
+    which made building the same six extensions for every leaf a measurable
+    part of an issuance.
+    """
     builder = (
         x509.CertificateBuilder()
         .subject_name(_subject(dns_names[0] if dns_names else None))
         .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
         .add_extension(_NOT_A_CA, critical=True)
-        .add_extension(_key_usage_for(public_key), critical=True)
+        .add_extension(_RSA_USAGE if rsa_key else _EC_USAGE, critical=True)
         .add_extension(_EXTENDED_USAGES, critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_authority_key_identifier(issuer), critical=False)
         .add_extension(_alternative_names(spiffe_id, dns_names), critical=False)
     )
@@ -172,10 +200,6 @@ def _key_usage(key_encipherment: bool) -> x509.KeyUsage:
 
 _EC_USAGE = _key_usage(key_encipherment=False)
 _RSA_USAGE = _key_usage(key_encipherment=True)
-
-
-def _key_usage_for(public_key: LeafPublicKey) -> x509.KeyUsage:
-    return _RSA_USAGE if isinstance(public_key, rsa.RSAPublicKey) else _EC_USAGE
 
 
 def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
