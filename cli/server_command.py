@@ -55,6 +55,7 @@ def server(
     directory = resolve_data_dir(data_dir)
     config = load(directory)
     host, port = _split_listen(listen)
+    _check_free(host, port)  # before anything is written
     server_dir = directory / "server"
     server_dir.mkdir(mode=0o700, exist_ok=True)
     metrics_dir = server_dir / "metrics"
@@ -77,10 +78,10 @@ def server(
     socket_path = server_dir / "admin.sock"
     socket_path.unlink(missing_ok=True)
     options = {
-        "bind": [
-            f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
-            f"unix:{socket_path}",
-        ],
+        # The master binds only the admin socket; each worker binds the HTTPS
+        # port itself (see _bind_own_listener).
+        "bind": [f"unix:{socket_path}"],
+        "post_fork": lambda _arbiter, worker: _bind_own_listener(worker, host, port),
         "workers": workers,
         "threads": threads,
         "worker_class": "gthread",
@@ -141,6 +142,51 @@ def _prepare(config: Any, server_dir: Path | None, names: list[str]) -> tuple[Pa
     finally:
         service.close()
         modules.finalize_all()
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on.
+
+    Workers bind with SO_REUSEPORT, which would otherwise let a second
+    idmint server (same user) share the port with the first and split its
+    traffic between two CAs. A plain bind fails if anyone listens.
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port}: {error.strerror} "
+                "(is another server running? choose another --listen)"
+            ) from None
+
+
+def _bind_own_listener(worker: Any, host: str, port: int) -> None:
+    """gunicorn ``post_fork`` hook: this worker's own listening socket.
+
+    With one socket shared by all workers, whichever worker wakes first
+    accepts, and a client with few long-lived connections (a proxy, a load
+    generator) can land almost all of them on one worker: measured, 16
+    keep-alive connections served 2,200 or 6,500 requests/s on /healthz
+    depending on the split. With SO_REUSEPORT each worker has its own
+    socket and the kernel spreads new connections across them by hash.
+    (gunicorn's own ``reuse_port`` would do this for the admin socket too,
+    re-creating it in every worker; it stays one socket in the master.)
+    """
+    import socket
+
+    from gunicorn.sock import TCP6Socket, TCPSocket
+
+    kind = TCP6Socket if ":" in host else TCPSocket
+    raw = socket.socket(kind.FAMILY, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    raw.bind((host, port))
+    worker.sockets = [*worker.sockets, kind((host, port), worker.cfg, worker.log, fd=raw.detach())]
 
 
 _ssl_contexts: dict[tuple[int, int, int], Any] = {}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.x509pop import sign_nonce
 from ca.pop import make_proof
-from tests.server.conftest import Server, bootstrap_leaf, csr_pem
+from tests.server.conftest import Server, _idmint, bootstrap_leaf, clean_env, csr_pem
 from tests.tls import context, handshake, write_svid
 
 
@@ -316,3 +318,33 @@ def test_request_size_limit_and_bad_json(server: Server) -> None:
     _problem(
         *server.request("POST", "/v1/svid/x509", raw=b"not json"), 400, "must be a JSON object"
     )
+
+
+def test_a_port_in_use_is_refused_before_anything_is_written(
+    server: Server, tmp_path: Path
+) -> None:
+    # Workers bind with SO_REUSEPORT; without the check a second server on
+    # the same port would silently take half of the first one's traffic.
+    data = tmp_path / "second"
+    subprocess.run(
+        [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", "second.test"],
+        check=True,
+        capture_output=True,
+        env=clean_env(),
+    )
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    with socket.socket() as plain:  # and a listener that is not idmint's
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        for port in (server.port, plain.getsockname()[1]):
+            refused = subprocess.run(
+                [*_idmint(), "server", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+                capture_output=True,
+                text=True,
+                env=clean_env(),
+                timeout=60,
+            )
+            assert refused.returncode != 0
+            assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert server.request("GET", "/healthz")[0] == 200
