@@ -205,13 +205,13 @@ class Issuer:
         """The state of the authority with this key id (SKI hex), None if unknown."""
         if kid is None:
             return None
-        with self.database.session() as session:
+        with self.database.reading() as session:
             found = session.scalar(select(Authority.state).where(Authority.kid == kid))
         return None if found is None else str(found.value)
 
     def is_revoked(self, serial_hex: str) -> bool:
         """Whether the X509-SVID with this serial was revoked."""
-        with self.database.session() as session:
+        with self.database.reading() as session:
             found = session.scalar(
                 select(Revocation.id)
                 .where(Revocation.kind == CredentialKind.X509)

@@ -223,5 +223,5 @@ def revoked_identifiers(
     )
     if authority_id is not None:
         query = query.where(Revocation.authority_id == authority_id)
-    with database.session() as session:
+    with database.reading() as session:
         return [(str(i), at, str(r)) for i, at, r in session.execute(query)]

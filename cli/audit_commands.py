@@ -20,7 +20,7 @@ def audit() -> None:
 @output_option
 def verify(data_dir: str | None, output: str) -> None:
     """Recompute the hash chain; exit 1 naming the first altered event."""
-    with data_directory(data_dir) as (_config, database), database.session() as session:
+    with data_directory(data_dir) as (_config, database), database.reading() as session:
         report = verify_database(session)
     if output == "json":
         emit_json({"ok": True, "events": report.events, "head_hash": report.head_hash})

@@ -29,7 +29,7 @@ _crl_cache: dict[str, Any] = {}
 
 def _revocation_marker() -> tuple[int, Any]:
     """Changes whenever a revocation is added anywhere (any replica)."""
-    with state().service.database.session() as session:
+    with state().service.database.reading() as session:
         count, latest = session.execute(
             select(func.count(Revocation.id), func.max(Revocation.revoked_at))
         ).one()
@@ -57,7 +57,7 @@ def crl() -> Any:
 
 def _status(serial: str) -> tuple[str, datetime | None, str | None] | None:
     database = state().service.database
-    with database.session() as session:
+    with database.reading() as session:
         revoked = session.execute(
             select(Revocation.revoked_at, Revocation.reason)
             .where(Revocation.kind == CredentialKind.X509)

@@ -108,6 +108,18 @@ class Database:
             yield session
 
     @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session that only reads: it does not wait for the write turn.
+
+        SQLite in WAL mode lets readers run beside the writer, so a long
+        read (a CRL of 100,000 serials, ``idmint audit verify``) holds no
+        issuance up in any process. Writing through it falls back to
+        SQLite's busy handler: use :meth:`session` for writes.
+        """
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A Core connection in one transaction, for hot paths that skip the ORM."""
         with self._serialised(), self.engine.begin() as connection:

@@ -69,3 +69,37 @@ def test_sessions_nest_in_one_thread_and_release_the_turn(tmp_path: Path) -> Non
     child.join(30)
     assert child.exitcode == 0 and entered.is_set()
     database.close()
+
+
+def test_readers_do_not_wait_for_the_write_turn(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'idmint.db'}"
+    migrate(url)
+    database = Database(url)
+    with database.session() as session:
+        session.execute(text("CREATE TABLE marks (who TEXT)"))
+        session.execute(text("INSERT INTO marks VALUES ('before')"))
+    context = multiprocessing.get_context("fork")
+    entered, release = context.Event(), context.Event()
+    child = context.Process(target=_hold_turn, args=(database, entered, release))
+    child.start()
+    assert entered.wait(30)
+    try:
+        seen: list[str] = []
+
+        def read() -> None:
+            with database.reading() as session:
+                seen.extend(
+                    str(w) for w in session.execute(text("SELECT who FROM marks")).scalars()
+                )
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(10)
+        # Read while the other process still holds its turn: the snapshot
+        # before its uncommitted row.
+        assert not reader.is_alive() and seen == ["before"]
+    finally:
+        release.set()
+        child.join(30)
+    assert child.exitcode == 0
+    database.close()
