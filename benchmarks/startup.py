@@ -4,7 +4,11 @@ Starts ``idmint server`` on a fresh embedded-default data directory, then 50
 times launches a Python process that calls ``idmint.workload.start()`` with
 a join token and builds a client context, and 50 times a bare Python
 process, timing each from spawn until it prints ``ready``. Prints JSON with
-p50/p99 of both and of the difference (the cost beyond Python's own start).
+p50/p99 of both and of the difference (the cost beyond Python's own start),
+and of a process that only imports ``ssl`` and ``cryptography.x509``: the
+floor for any client that makes its own key and CSR. Then 50 starts of a
+service that takes its contexts from files a helper keeps current
+(``idmint.workload.from_directory``, as beside ``idmint svid x509 --watch``).
 
 Usage: python benchmarks/startup.py [--runs 50]
 """
@@ -29,6 +33,26 @@ PACKAGES = ("idmint", "ca", "attestation", "hsm")
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving import IDMINT, clean_env, start_server
+
+# What any client that makes its own key and CSR must import: the floor
+# under the workload's figure.
+FLOOR = (
+    "import ssl\n"
+    "from cryptography import x509\n"
+    "from cryptography.hazmat.primitives.asymmetric import ec\n"
+    "print('ready', flush=True)\n"
+)
+
+# A service beside a helper (idmint svid x509 --watch --out DIR) that keeps
+# the files current: no evidence, no key generation, no request.
+FILES_CHILD = (
+    "from idmint.workload import from_directory\n"
+    "import sys\n"
+    "w = from_directory(sys.argv[1])\n"
+    "w.client_context()\n"
+    "print('ready', flush=True)\n"
+    "w.close()\n"
+)
 
 CHILD = (
     "from idmint.workload import start\n"
@@ -106,7 +130,7 @@ def main() -> None:
                 text=True,
                 env=env,
             ).stdout.strip()
-            for _ in range(args.runs + 2)
+            for _ in range(args.runs + 3)
         ]
         # An installed package has its bytecode compiled (pip does it); an
         # editable checkout run with PYTHONDONTWRITEBYTECODE would otherwise
@@ -125,10 +149,25 @@ def main() -> None:
                 timed([sys.executable, "-c", "print('ready', flush=True)"])
                 for _ in range(args.runs)
             ]
+            floor = [timed([sys.executable, "-c", FLOOR]) for _ in range(args.runs)]
+            helper_out = Path(scratch) / "svid"
+            subprocess.run(
+                [
+                    IDMINT, "svid", "x509", "--server", url, "--bundle", bundle,
+                    "--join-token", tokens.pop(), "--out", str(helper_out),
+                ],
+                check=True, capture_output=True, env=env,
+            )  # fmt: skip
+            files = [
+                timed([sys.executable, "-c", FILES_CHILD, str(helper_out)])
+                for _ in range(args.runs)
+            ]
         finally:
             server.terminate()
             server.wait(timeout=30)
     beyond = [w - statistics.median(bare) for w in workload]
+    floor_beyond = [f - statistics.median(bare) for f in floor]
+    files_beyond = [f - statistics.median(bare) for f in files]
     print(
         json.dumps(
             {
@@ -145,6 +184,14 @@ def main() -> None:
                 "beyond_python_startup_ms": {
                     "p50": round(percentile(beyond, 0.5) * 1000, 1),
                     "p99": round(percentile(beyond, 0.99) * 1000, 1),
+                },
+                "from_helper_files_beyond_python_ms": {
+                    "p50": round(percentile(files_beyond, 0.5) * 1000, 1),
+                    "p99": round(percentile(files_beyond, 0.99) * 1000, 1),
+                },
+                "imports_ssl_and_cryptography_x509_beyond_python_ms": {
+                    "p50": round(percentile(floor_beyond, 0.5) * 1000, 1),
+                    "p99": round(percentile(floor_beyond, 0.99) * 1000, 1),
                 },
                 "goal_p99_beyond_ms": 50,
             },

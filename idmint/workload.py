@@ -13,27 +13,36 @@ into the same contexts, so connections made afterwards present it. The
 contexts trust the bundle the server returned; roots added to the bundle
 later are added to them too (Python's ssl cannot forget a trusted root, so
 a removed root stays trusted until the process restarts).
+
+Where a helper already keeps the files current (``idmint svid x509 --watch
+--out DIR``, e.g. a sidecar container), a service needs neither evidence nor
+a key of its own::
+
+    workload = from_directory("/run/idmint")   # svid.pem, svid.key, bundle.pem
+    server_ctx = workload.server_context()
+
+and its contexts follow the files as the helper rewrites them. That path
+imports only ``ssl``: cryptography is loaded when a key or CSR is made, or
+when ``.svid`` is first read.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import random
 import ssl
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import urlsplit
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from idmint.errors import IdmintError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography (~30 ms to import) and http.client are imported where they are
+# first needed: start-up time is what a service pays on every launch, and
+# from_directory() needs neither.
 
 
 class WorkloadError(IdmintError):
@@ -53,6 +62,9 @@ class SVID(NamedTuple):
 
 
 def _csr(key: ec.EllipticCurvePrivateKey) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
@@ -66,6 +78,9 @@ class Workload:
     """An SVID kept current, and SSL contexts that follow it."""
 
     def __init__(self, server: str, bundle: str, renew_at: float = 0.5) -> None:
+        import tempfile
+        from urllib.parse import urlsplit
+
         parts = urlsplit(server)
         if parts.scheme != "https" or not parts.hostname:
             raise WorkloadError(f"server {server!r} is not an https:// URL")
@@ -80,6 +95,9 @@ class Workload:
         self._stop = threading.Event()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import http.client
+        import json
+
         connection = http.client.HTTPSConnection(
             self._host, self._port, context=self._trust, timeout=30
         )
@@ -99,6 +117,8 @@ class Workload:
         return result
 
     def _install(self, key: ec.EllipticCurvePrivateKey, issued: dict[str, Any]) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         cert, key_file, bundle = (
             self._files / "svid.pem",
             self._files / "svid.key",
@@ -129,6 +149,8 @@ class Workload:
                 context.load_verify_locations(str(bundle))
 
     def attest(self, evidence: dict[str, Any], spiffe_id: str | None = None) -> SVID:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = ec.generate_private_key(ec.SECP256R1())
         body: dict[str, Any] = {"attestation": evidence, "csr": _csr(key)}
         if spiffe_id:
@@ -139,10 +161,10 @@ class Workload:
 
     def renew(self) -> SVID:
         assert self.svid is not None and self._key is not None
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = ec.generate_private_key(ec.SECP256R1())
         csr = _csr(key)
-        # Imported here: start-up time is what a service pays on every
-        # launch, and renewal happens minutes later.
         from ca.pop import make_proof
 
         proof = make_proof(self.svid.chain_pem, self._key, "x509-renew", csr.encode())
@@ -150,13 +172,9 @@ class Workload:
         return self.svid
 
     def _context(self, side: int) -> ssl.SSLContext:
-        context = ssl.SSLContext(side)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.check_hostname = False  # peers are authorised by SPIFFE ID (peer_spiffe_id)
+        context = _new_context(side)
         with self._lock:
-            context.load_cert_chain(self._files / "svid.pem", self._files / "svid.key")
-            context.load_verify_locations(str(self._files / "bundle.pem"))
+            _load(context, self._files)
             self._contexts.append(context)
         return context
 
@@ -169,6 +187,10 @@ class Workload:
         return self._context(ssl.PROTOCOL_TLS_CLIENT)
 
     def _due(self) -> float:
+        import random
+
+        from cryptography import x509
+
         assert self.svid is not None
         leaf = x509.load_pem_x509_certificates(self.svid.chain_pem.encode())[0]
         start = leaf.not_valid_before_utc.timestamp()
@@ -179,6 +201,8 @@ class Workload:
         """Renew in a background thread until :meth:`close`."""
 
         def loop() -> None:
+            import random
+
             due, backoff = self._due(), 1.0
             while not self._stop.wait(max(0.05, min(5.0, due - time.time()))):
                 if time.time() < due:
@@ -194,6 +218,122 @@ class Workload:
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _new_context(side: int) -> ssl.SSLContext:
+    context = ssl.SSLContext(side)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = False  # peers are authorised by SPIFFE ID (peer_spiffe_id)
+    return context
+
+
+def _load(context: ssl.SSLContext, directory: Path) -> None:
+    """Present ``directory``'s SVID and trust its bundle (for new connections)."""
+    context.load_cert_chain(directory / "svid.pem", directory / "svid.key")
+    context.load_verify_locations(str(directory / "bundle.pem"))
+
+
+_FILES = ("svid.pem", "svid.key", "bundle.pem")
+
+
+class DirectoryWorkload:
+    """SSL contexts that follow the SVID files a helper keeps current."""
+
+    def __init__(self, directory: str | os.PathLike[str], poll_seconds: float = 1.0) -> None:
+        self.directory = Path(directory)
+        self.poll_seconds = poll_seconds
+        self._lock = threading.Lock()
+        self._contexts: list[ssl.SSLContext] = []
+        self._stop = threading.Event()
+        self._seen = self._stamp()
+        self._check_loadable()
+        self._svid: tuple[tuple[int, ...], SVID] | None = None
+        threading.Thread(target=self._follow, name="idmint-svid-files", daemon=True).start()
+
+    def _stamp(self) -> tuple[int, ...]:
+        stamp: list[int] = []
+        for name in _FILES:
+            try:
+                found = os.stat(self.directory / name)
+            except FileNotFoundError:
+                raise WorkloadError(
+                    f"{self.directory / name} does not exist; keep the directory current "
+                    f"with: idmint svid x509 --watch --out {self.directory} ..."
+                ) from None
+            stamp += [found.st_mtime_ns, found.st_size, found.st_ino]
+        return tuple(stamp)
+
+    def _check_loadable(self) -> None:
+        # The helper replaces key and certificate one after the other; a read
+        # between the two sees a mismatched pair, so try again briefly.
+        for attempt in range(20):
+            try:
+                _load(_new_context(ssl.PROTOCOL_TLS_CLIENT), self.directory)
+                return
+            except ssl.SSLError as error:
+                if attempt == 19:
+                    raise WorkloadError(
+                        f"the SVID files in {self.directory} do not load: {error.reason}"
+                    ) from None
+                time.sleep(0.05)
+                self._seen = self._stamp()
+
+    def _context(self, side: int) -> ssl.SSLContext:
+        context = _new_context(side)
+        with self._lock:
+            _load(context, self.directory)
+            self._contexts.append(context)
+        return context
+
+    def server_context(self) -> ssl.SSLContext:
+        """Presents this SVID and requires a client SVID from the trust bundle."""
+        return self._context(ssl.PROTOCOL_TLS_SERVER)
+
+    def client_context(self) -> ssl.SSLContext:
+        """Presents this SVID and verifies the server against the trust bundle."""
+        return self._context(ssl.PROTOCOL_TLS_CLIENT)
+
+    @property
+    def svid(self) -> SVID:
+        """The SVID the files hold now (parsed on first use after each change)."""
+        from cryptography import x509
+
+        stamp = self._stamp()
+        if self._svid is None or self._svid[0] != stamp:
+            chain = (self.directory / "svid.pem").read_text()
+            bundle = (self.directory / "bundle.pem").read_text()
+            leaf = x509.load_pem_x509_certificates(chain.encode())[0]
+            uris = leaf.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value.get_values_for_type(x509.UniformResourceIdentifier)
+            expires = leaf.not_valid_after_utc.isoformat().replace("+00:00", "Z")
+            svid = SVID(uris[0], chain, bundle, expires, format(leaf.serial_number, "x"))
+            self._svid = (stamp, svid)
+        return self._svid[1]
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                stamp = self._stamp()
+                if stamp == self._seen:
+                    continue
+                with self._lock:
+                    for context in self._contexts:
+                        _load(context, self.directory)
+                self._seen = stamp
+            except (WorkloadError, ssl.SSLError, OSError):
+                continue  # mid-rewrite or briefly missing: the next poll sees it whole
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def from_directory(
+    directory: str | os.PathLike[str], poll_seconds: float = 1.0
+) -> DirectoryWorkload:
+    """Contexts from ``idmint svid x509 --watch --out DIR``'s files, following them."""
+    return DirectoryWorkload(directory, poll_seconds)
 
 
 def peer_spiffe_id(tls: ssl.SSLSocket) -> str:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from idmint.workload import peer_spiffe_id, start
-from tests.server.conftest import Server
+from idmint.workload import WorkloadError, from_directory, peer_spiffe_id, start
+from tests.server.conftest import Server, _idmint, clean_env
 
 
 def _serve_once(context: object, port_box: list[int], seen: list[str]) -> threading.Thread:
@@ -73,3 +80,103 @@ def test_two_services_authorise_each_other_by_spiffe_id(server: Server) -> None:
     finally:
         api.close()
         web.close()
+
+
+def _fetch_into(server: Server, out: Path, spiffe_id: str) -> None:
+    """What a helper (``idmint svid x509 --watch``) does on each renewal."""
+    subprocess.run(
+        [
+            *_idmint(),
+            "svid",
+            "x509",
+            "--server",
+            server.url,
+            "--bundle",
+            server.bundle_file,
+            "--join-token",
+            server.join_token(spiffe_id),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        env=clean_env(),
+    )
+
+
+def _served_serial(server_ctx: object, client_ctx: object) -> tuple[str, str]:
+    """(serial the server side presented, SPIFFE ID it saw) over one real handshake."""
+    import ssl
+
+    assert isinstance(client_ctx, ssl.SSLContext)
+    seen: list[str] = []
+    port: list[int] = []
+    thread = _serve_once(server_ctx, port, seen)
+    with socket.create_connection(("127.0.0.1", port[0])) as raw:
+        with client_ctx.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None and tls.recv(2) == b"hi"
+    thread.join(timeout=10)
+    return format(x509.load_der_x509_certificate(der).serial_number, "x"), seen[0]
+
+
+def test_a_service_follows_the_files_a_helper_keeps_current(server: Server, tmp_path: Path) -> None:
+    spiffe_id = "spiffe://example.org/py/files"
+    server.entry(spiffe_id, ["join_token:any:true"], x509_ttl_seconds=60)
+    server.entry("spiffe://example.org/py/caller", ["join_token:any:true"])
+    out = tmp_path / "svid"
+    _fetch_into(server, out, spiffe_id)
+    files = from_directory(out, poll_seconds=0.1)
+    caller = start(
+        server.url,
+        server.bundle_file,
+        {"type": "join_token", "token": server.join_token("spiffe://example.org/py/caller")},
+    )
+    try:
+        server_ctx, client_ctx = files.server_context(), caller.client_context()
+        first = files.svid
+        assert first.spiffe_id == spiffe_id
+        assert _served_serial(server_ctx, client_ctx) == (
+            first.serial,
+            "spiffe://example.org/py/caller",
+        )
+        _fetch_into(server, out, spiffe_id)  # the helper renews: new key and certificate
+        assert files.svid.serial != first.serial
+        deadline = time.monotonic() + 10
+        while _served_serial(server_ctx, client_ctx)[0] != files.svid.serial:
+            assert time.monotonic() < deadline, "the context never picked up the new files"
+            time.sleep(0.1)
+    finally:
+        files.close()
+        caller.close()
+
+
+def test_missing_or_mismatched_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(WorkloadError, match=r"svid\.pem does not exist.*--watch --out"):
+        from_directory(tmp_path)
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(minutes=5))
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "svid.pem").write_bytes(pem)
+    (tmp_path / "bundle.pem").write_bytes(pem)
+    (tmp_path / "svid.key").write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(WorkloadError, match="do not load"):
+        from_directory(tmp_path)
