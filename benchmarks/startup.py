@@ -81,6 +81,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def milliseconds(values: list[float]) -> dict[str, float]:
+    """p50 and p99 of ``values`` (seconds) in milliseconds."""
+    return {
+        "p50": round(percentile(values, 0.5) * 1000, 1),
+        "p99": round(percentile(values, 0.99) * 1000, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -173,26 +181,11 @@ def main() -> None:
             {
                 "benchmark": "startup",
                 "runs": args.runs,
-                "workload_to_ssl_context_ms": {
-                    "p50": round(percentile(workload, 0.5) * 1000, 1),
-                    "p99": round(percentile(workload, 0.99) * 1000, 1),
-                },
-                "bare_python_ms": {
-                    "p50": round(percentile(bare, 0.5) * 1000, 1),
-                    "p99": round(percentile(bare, 0.99) * 1000, 1),
-                },
-                "beyond_python_startup_ms": {
-                    "p50": round(percentile(beyond, 0.5) * 1000, 1),
-                    "p99": round(percentile(beyond, 0.99) * 1000, 1),
-                },
-                "from_helper_files_beyond_python_ms": {
-                    "p50": round(percentile(files_beyond, 0.5) * 1000, 1),
-                    "p99": round(percentile(files_beyond, 0.99) * 1000, 1),
-                },
-                "imports_ssl_and_cryptography_x509_beyond_python_ms": {
-                    "p50": round(percentile(floor_beyond, 0.5) * 1000, 1),
-                    "p99": round(percentile(floor_beyond, 0.99) * 1000, 1),
-                },
+                "workload_to_ssl_context_ms": milliseconds(workload),
+                "bare_python_ms": milliseconds(bare),
+                "beyond_python_startup_ms": milliseconds(beyond),
+                "from_helper_files_beyond_python_ms": milliseconds(files_beyond),
+                "imports_ssl_and_cryptography_x509_beyond_python_ms": milliseconds(floor_beyond),
                 "goal_p99_beyond_ms": 50,
             },
             indent=2,

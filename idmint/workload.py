@@ -74,7 +74,37 @@ def _csr(key: ec.EllipticCurvePrivateKey) -> str:
     )
 
 
-class Workload:
+class _Contexts:
+    """SSL contexts made from the SVID files in ``_svid_dir``, reloaded together."""
+
+    _svid_dir: Path
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._contexts: list[ssl.SSLContext] = []
+
+    def _context(self, side: int) -> ssl.SSLContext:
+        context = _new_context(side)
+        with self._lock:
+            _load(context, self._svid_dir)
+            self._contexts.append(context)
+        return context
+
+    def _reload(self) -> None:
+        """Load the files again into every context (new connections see them)."""
+        for context in self._contexts:
+            _load(context, self._svid_dir)
+
+    def server_context(self) -> ssl.SSLContext:
+        """Presents this SVID and requires a client SVID from the trust bundle."""
+        return self._context(ssl.PROTOCOL_TLS_SERVER)
+
+    def client_context(self) -> ssl.SSLContext:
+        """Presents this SVID and verifies the server against the trust bundle."""
+        return self._context(ssl.PROTOCOL_TLS_CLIENT)
+
+
+class Workload(_Contexts):
     """An SVID kept current, and SSL contexts that follow it."""
 
     def __init__(self, server: str, bundle: str, renew_at: float = 0.5) -> None:
@@ -87,9 +117,8 @@ class Workload:
         self._host, self._port = parts.hostname, parts.port or 443
         self._trust = ssl.create_default_context(cafile=bundle)
         self.renew_at = renew_at
-        self._lock = threading.Lock()
-        self._contexts: list[ssl.SSLContext] = []
-        self._files = Path(tempfile.mkdtemp(prefix="idmint-workload-"))
+        super().__init__()
+        self._svid_dir = Path(tempfile.mkdtemp(prefix="idmint-workload-"))
         self._key: ec.EllipticCurvePrivateKey | None = None
         self.svid: SVID | None = None
         self._stop = threading.Event()
@@ -119,11 +148,7 @@ class Workload:
     def _install(self, key: ec.EllipticCurvePrivateKey, issued: dict[str, Any]) -> None:
         from cryptography.hazmat.primitives import serialization
 
-        cert, key_file, bundle = (
-            self._files / "svid.pem",
-            self._files / "svid.key",
-            self._files / "bundle.pem",
-        )
+        key_file = self._svid_dir / "svid.key"
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(
@@ -133,8 +158,8 @@ class Workload:
                     serialization.NoEncryption(),
                 )
             )
-        cert.write_text(issued["chain_pem"])
-        bundle.write_text(issued["bundle_pem"])
+        (self._svid_dir / "svid.pem").write_text(issued["chain_pem"])
+        (self._svid_dir / "bundle.pem").write_text(issued["bundle_pem"])
         with self._lock:
             self._key = key
             self.svid = SVID(
@@ -144,9 +169,7 @@ class Workload:
                 issued["expires_at"],
                 issued["serial"],
             )
-            for context in self._contexts:
-                context.load_cert_chain(cert, key_file)
-                context.load_verify_locations(str(bundle))
+            self._reload()
 
     def attest(self, evidence: dict[str, Any], spiffe_id: str | None = None) -> SVID:
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -170,21 +193,6 @@ class Workload:
         proof = make_proof(self.svid.chain_pem, self._key, "x509-renew", csr.encode())
         self._install(key, self._post("/v1/svid/x509/renew", {"csr": csr, "proof": proof}))
         return self.svid
-
-    def _context(self, side: int) -> ssl.SSLContext:
-        context = _new_context(side)
-        with self._lock:
-            _load(context, self._files)
-            self._contexts.append(context)
-        return context
-
-    def server_context(self) -> ssl.SSLContext:
-        """Presents this SVID and requires a client SVID from the trust bundle."""
-        return self._context(ssl.PROTOCOL_TLS_SERVER)
-
-    def client_context(self) -> ssl.SSLContext:
-        """Presents this SVID and verifies the server against the trust bundle."""
-        return self._context(ssl.PROTOCOL_TLS_CLIENT)
 
     def _due(self) -> float:
         import random
@@ -237,14 +245,13 @@ def _load(context: ssl.SSLContext, directory: Path) -> None:
 _FILES = ("svid.pem", "svid.key", "bundle.pem")
 
 
-class DirectoryWorkload:
+class DirectoryWorkload(_Contexts):
     """SSL contexts that follow the SVID files a helper keeps current."""
 
     def __init__(self, directory: str | os.PathLike[str], poll_seconds: float = 1.0) -> None:
-        self.directory = Path(directory)
+        super().__init__()
+        self.directory = self._svid_dir = Path(directory)
         self.poll_seconds = poll_seconds
-        self._lock = threading.Lock()
-        self._contexts: list[ssl.SSLContext] = []
         self._stop = threading.Event()
         self._seen = self._stamp()
         self._check_loadable()
@@ -279,21 +286,6 @@ class DirectoryWorkload:
                 time.sleep(0.05)
                 self._seen = self._stamp()
 
-    def _context(self, side: int) -> ssl.SSLContext:
-        context = _new_context(side)
-        with self._lock:
-            _load(context, self.directory)
-            self._contexts.append(context)
-        return context
-
-    def server_context(self) -> ssl.SSLContext:
-        """Presents this SVID and requires a client SVID from the trust bundle."""
-        return self._context(ssl.PROTOCOL_TLS_SERVER)
-
-    def client_context(self) -> ssl.SSLContext:
-        """Presents this SVID and verifies the server against the trust bundle."""
-        return self._context(ssl.PROTOCOL_TLS_CLIENT)
-
     @property
     def svid(self) -> SVID:
         """The SVID the files hold now (parsed on first use after each change)."""
@@ -319,8 +311,7 @@ class DirectoryWorkload:
                 if stamp == self._seen:
                     continue
                 with self._lock:
-                    for context in self._contexts:
-                        _load(context, self.directory)
+                    self._reload()
                 self._seen = stamp
             except (WorkloadError, ssl.SSLError, OSError):
                 continue  # mid-rewrite or briefly missing: the next poll sees it whole

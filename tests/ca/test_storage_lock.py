@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from ca.storage.db import Database, migrate
@@ -21,10 +23,17 @@ def _hold_turn(database: Database, entered: object, release: object) -> None:
         release.wait(30)  # type: ignore[attr-defined]
 
 
-def test_a_forked_process_and_its_parent_take_turns(tmp_path: Path) -> None:
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
     url = f"sqlite:///{tmp_path / 'idmint.db'}"
     migrate(url)
-    parent = Database(url)
+    made = Database(url)
+    yield made
+    made.close()
+
+
+def test_a_forked_process_and_its_parent_take_turns(database: Database) -> None:
+    parent = database
     with parent.session() as session:  # opens the parent's lock file before the fork
         session.execute(text("SELECT 1"))
     context = multiprocessing.get_context("fork")
@@ -49,13 +58,9 @@ def test_a_forked_process_and_its_parent_take_turns(tmp_path: Path) -> None:
     child.join(30)
     assert child.exitcode == 0
     assert order == ["child"]
-    parent.close()
 
 
-def test_sessions_nest_in_one_thread_and_release_the_turn(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'idmint.db'}"
-    migrate(url)
-    database = Database(url)
+def test_sessions_nest_in_one_thread_and_release_the_turn(database: Database) -> None:
     with database.session() as outer:
         outer.execute(text("SELECT 1"))
         with database.connection() as inner:
@@ -68,13 +73,9 @@ def test_sessions_nest_in_one_thread_and_release_the_turn(tmp_path: Path) -> Non
     child.start()
     child.join(30)
     assert child.exitcode == 0 and entered.is_set()
-    database.close()
 
 
-def test_readers_do_not_wait_for_the_write_turn(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'idmint.db'}"
-    migrate(url)
-    database = Database(url)
+def test_readers_do_not_wait_for_the_write_turn(database: Database) -> None:
     with database.session() as session:
         session.execute(text("CREATE TABLE marks (who TEXT)"))
         session.execute(text("INSERT INTO marks VALUES ('before')"))
@@ -102,4 +103,3 @@ def test_readers_do_not_wait_for_the_write_turn(tmp_path: Path) -> None:
         release.set()
         child.join(30)
     assert child.exitcode == 0
-    database.close()

@@ -4,41 +4,20 @@ from __future__ import annotations
 
 import os
 import ssl
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from gunicorn.sock import ssl_context
 
 from cli.server_command import _reused_ssl_context
+from tests.tls import private_pem, self_signed
 
 
 def _write_pair(directory: Path, name: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "tls.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (directory / "tls.pem").write_bytes(self_signed(key, name))
+    (directory / "tls.key").write_bytes(private_pem(key))
 
 
 def _conf(directory: Path) -> SimpleNamespace:

@@ -6,17 +6,15 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from idmint.workload import WorkloadError, from_directory, peer_spiffe_id, start
 from tests.server.conftest import Server, _idmint, clean_env
+from tests.tls import private_pem, self_signed
 
 
 def _serve_once(context: object, port_box: list[int], seen: list[str]) -> threading.Thread:
@@ -154,29 +152,9 @@ def test_a_service_follows_the_files_a_helper_keeps_current(server: Server, tmp_
 def test_missing_or_mismatched_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(WorkloadError, match=r"svid\.pem does not exist.*--watch --out"):
         from_directory(tmp_path)
-    key = ec.generate_private_key(ec.SECP256R1())
-    other = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(minutes=5))
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "svid.pem").write_bytes(pem)
-    (tmp_path / "bundle.pem").write_bytes(pem)
-    (tmp_path / "svid.key").write_bytes(
-        other.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "svid.pem").write_bytes(self_signed(key, "x"))
+    (tmp_path / "bundle.pem").write_bytes(self_signed(key, "x"))
+    (tmp_path / "svid.key").write_bytes(private_pem(other))  # not the certificate's key
     with pytest.raises(WorkloadError, match="do not load"):
         from_directory(tmp_path)
