@@ -186,7 +186,12 @@ def _bind_own_listener(worker: Any, host: str, port: int) -> None:
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     raw.bind((host, port))
-    worker.sockets = [*worker.sockets, kind((host, port), worker.cfg, worker.log, fd=raw.detach())]
+    listener = kind((host, port), worker.cfg, worker.log, fd=raw.detach())
+    worker.sockets = [*worker.sockets, listener]
+    # gunicorn's own "Listening at" line names only the master's admin socket.
+    worker.log.info(
+        "Listening at: %s (worker %s, its own SO_REUSEPORT socket)", listener, os.getpid()
+    )
 
 
 _ssl_contexts: dict[tuple[int, int, int], Any] = {}
