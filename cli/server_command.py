@@ -81,6 +81,11 @@ def server(
         # The master binds only the admin socket; each worker binds the HTTPS
         # port itself (see _bind_own_listener).
         "bind": [f"unix:{socket_path}"],
+        # gunicorn's own control socket (gunicornc) defaults to one path per
+        # user ($HOME/.gunicorn/gunicorn.ctl), which a second server of the
+        # same user would take over: keep it with this server's data.
+        "control_socket": str(server_dir / "gunicorn.ctl"),
+        "control_socket_mode": 0o600,
         "post_fork": lambda _arbiter, worker: _bind_own_listener(worker, host, port),
         "workers": workers,
         "threads": threads,

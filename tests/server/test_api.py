@@ -6,6 +6,7 @@ import base64
 import json
 import socket
 import ssl
+import stat
 import subprocess
 import threading
 import time
@@ -348,3 +349,13 @@ def test_a_port_in_use_is_refused_before_anything_is_written(
             assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
     assert server.request("GET", "/healthz")[0] == 200
+
+
+def test_gunicorn_control_socket_stays_in_the_data_directory(server: Server) -> None:
+    control = server.data_dir / "server" / "gunicorn.ctl"
+    deadline = time.monotonic() + 10
+    while not control.exists():
+        assert time.monotonic() < deadline, "no control socket in the data directory"
+        time.sleep(0.1)
+    assert stat.S_ISSOCK(control.stat().st_mode)
+    assert stat.S_IMODE(control.stat().st_mode) == 0o600
