@@ -61,17 +61,21 @@ class SVID(NamedTuple):
     serial: str
 
 
-def _csr(key: ec.EllipticCurvePrivateKey) -> str:
+def _key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """A fresh P-256 key, made here and never sent, and its CSR (PEM)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    return (
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
         .sign(key, hashes.SHA256())
         .public_bytes(serialization.Encoding.PEM)
         .decode()
     )
+    return key, csr
 
 
 class _Contexts:
@@ -172,10 +176,8 @@ class Workload(_Contexts):
             self._reload()
 
     def attest(self, evidence: dict[str, Any], spiffe_id: str | None = None) -> SVID:
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        body: dict[str, Any] = {"attestation": evidence, "csr": _csr(key)}
+        key, csr = _key_and_csr()
+        body: dict[str, Any] = {"attestation": evidence, "csr": csr}
         if spiffe_id:
             body["spiffe_id"] = spiffe_id
         self._install(key, self._post("/v1/svid/x509", body))
@@ -184,11 +186,9 @@ class Workload(_Contexts):
 
     def renew(self) -> SVID:
         assert self.svid is not None and self._key is not None
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = _csr(key)
         from ca.pop import make_proof
+
+        key, csr = _key_and_csr()
 
         proof = make_proof(self.svid.chain_pem, self._key, "x509-renew", csr.encode())
         self._install(key, self._post("/v1/svid/x509/renew", {"csr": csr, "proof": proof}))
@@ -250,13 +250,18 @@ class DirectoryWorkload(_Contexts):
 
     def __init__(self, directory: str | os.PathLike[str], poll_seconds: float = 1.0) -> None:
         super().__init__()
-        self.directory = self._svid_dir = Path(directory)
+        self._svid_dir = Path(directory)
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._seen = self._stamp()
         self._check_loadable()
         self._svid: tuple[tuple[int, ...], SVID] | None = None
         threading.Thread(target=self._follow, name="idmint-svid-files", daemon=True).start()
+
+    @property
+    def directory(self) -> Path:
+        """The directory whose files the contexts follow."""
+        return self._svid_dir
 
     def _stamp(self) -> tuple[int, ...]:
         stamp: list[int] = []

@@ -294,7 +294,7 @@ def start_server(
             if server.request("GET", "/readyz")[0] == 200:
                 return server
         except (OSError, ssl.SSLError):
-            pass
+            pass  # not listening yet
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("idmint server did not start:\n" + log_path.read_text())
         time.sleep(0.2)
