@@ -30,7 +30,7 @@ from ca.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, m
 from ca.errors import CAError
 from ca.jwtsvid import encode_jwt_svid, jwt_svid_claims
 from ca.profiles import random_serial, signature_hash
-from ca.recorder import Recorder
+from ca.recorder import Recorder, RecordSink
 from ca.spiffe_id import TrustDomain
 from ca.storage.db import Database
 from ca.storage.models import Authority, AuthorityKind, CredentialKind, Revocation
@@ -107,7 +107,7 @@ class Issuer:
         database: Database,
         trust_domain: TrustDomain,
         issuer_url: str,
-        recorder: Recorder | None = None,
+        recorder: RecordSink | None = None,
         cache_seconds: float = 1.0,
         clock: Clock | None = None,
         crl_url: str | None = None,
@@ -117,7 +117,7 @@ class Issuer:
         self.database = database
         self.trust_domain = trust_domain
         self.issuer_url = issuer_url
-        self.recorder = recorder or Recorder(database)
+        self.recorder: RecordSink = recorder or Recorder(database)
         self._owns_recorder = recorder is None
         self.cache_seconds = cache_seconds
         self.clock: Clock = clock or (lambda: datetime.now(UTC))

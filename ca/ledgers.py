@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from attestation.base import AttestationFailed, EvidenceReplayed
@@ -158,34 +158,48 @@ class JoinTokens:
                 raise TokenNotFound(f"no join token with id {token_id!r}")
             audit.append(session, [audit.Event("join-token.revoke", token_id, actor, at=now)])
 
-    # One statement, written for the driver: this runs once per join-token
-    # attestation inside the database's write turn, and building it through
-    # SQLAlchemy's expression and ORM layers took longer than executing it.
-    _CONSUME = (
-        "UPDATE join_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
-        " AND revoked = FALSE AND expires_at > ? RETURNING id, spiffe_id"
-    )
-
     def consume(self, hashed: str, now: datetime) -> tuple[str, str]:
         """The JoinTokenLedger protocol: use a token once, atomically."""
         with self.database.connection() as connection:
-            bind = time_binder(connection)
-            stamp = bind(now)
-            result = connection.exec_driver_sql(
-                driver_sql(connection, self._CONSUME), (stamp, hashed, stamp)
-            ).first()
-        if result is not None:
-            return str(result[0]), str(result[1])
-        # Say why without revealing more than the caller could know.
-        with self.database.session() as session:
-            row = session.scalars(select(JoinToken).where(JoinToken.token_hash == hashed)).first()
-            if row is None:
-                raise AttestationFailed("unknown join token")
-            if row.used_at is not None:
-                raise EvidenceReplayed("this join token was already used")
-            if row.revoked:
-                raise AttestationFailed("this join token was revoked")
-            raise AttestationFailed("this join token has expired")
+            spent = spend_join_token(connection, hashed, now)
+        if spent is None:
+            raise join_token_refusal(self.database, hashed)
+        return spent
+
+
+# One statement, written for the driver: this runs once per join-token
+# attestation inside the database's write turn, and building it through
+# SQLAlchemy's expression and ORM layers took longer than executing it.
+_CONSUME = (
+    "UPDATE join_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
+    " AND revoked = FALSE AND expires_at > ? RETURNING id, spiffe_id"
+)
+
+
+def spend_join_token(connection: Connection, hashed: str, now: datetime) -> tuple[str, str] | None:
+    """Mark the token with this hash used, in the caller's transaction.
+
+    Returns (token id, SPIFFE ID), or None when it is unknown, used, revoked
+    or expired (:func:`join_token_refusal` says which).
+    """
+    stamp = time_binder(connection)(now)
+    row = connection.exec_driver_sql(
+        driver_sql(connection, _CONSUME), (stamp, hashed, stamp)
+    ).first()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+def join_token_refusal(database: Database, hashed: str) -> AttestationFailed:
+    """Why the token with this hash could not be spent, without revealing more."""
+    with database.reading() as session:
+        row = session.scalars(select(JoinToken).where(JoinToken.token_hash == hashed)).first()
+        if row is None:
+            return AttestationFailed("unknown join token")
+        if row.used_at is not None:
+            return EvidenceReplayed("this join token was already used")
+        if row.revoked:
+            return AttestationFailed("this join token was revoked")
+        return AttestationFailed("this join token has expired")
 
 
 class Nonces:

@@ -29,7 +29,9 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
 
 from ca import audit
 from ca.storage.db import Database, bulk_insert, time_binder
@@ -46,6 +48,16 @@ _CREDENTIAL_COLUMNS = (
     "not_after",
 )
 _Item = tuple[dict[str, Any] | None, Sequence[audit.Event]]
+
+
+class RecordSink(Protocol):
+    """Where issuance records go: a :class:`Recorder`, or the server's writer process."""
+
+    def record(self, credential: dict[str, Any] | None, events: Sequence[audit.Event]) -> None: ...
+
+    def flush(self, timeout: float = 30.0) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Recorder:
@@ -108,28 +120,32 @@ class Recorder:
                     self._done.notify_all()
 
     def _write(self, batch: list[_Item]) -> None:
-        credentials = [credential for credential, _ in batch if credential is not None]
-        events = [event for _, item_events in batch for event in item_events]
         for attempt in range(5):
             try:
                 with self.database.connection() as connection:
-                    bind = time_binder(connection)
-                    rows = [
-                        (
-                            c["kind"].value,
-                            c["identifier"],
-                            c["spiffe_id"],
-                            c["entry_id"],
-                            c["authority_id"],
-                            bind(c["issued_at"]),
-                            bind(c["not_after"]),
-                        )
-                        for c in credentials
-                    ]
-                    bulk_insert(connection, "issued_credentials", _CREDENTIAL_COLUMNS, rows)
-                    audit.append(connection, events)
+                    write_batch(connection, batch)
                 return
             except Exception:
                 log.exception("recording %d issuances failed (attempt %d)", len(batch), attempt + 1)
                 time.sleep(0.05 * 2**attempt)
         self._failures += 1
+
+
+def write_batch(connection: Connection, batch: Sequence[_Item]) -> None:
+    """Insert a batch of issuance records and chain their audit events, in one transaction."""
+    bind = time_binder(connection)
+    rows = [
+        (
+            c["kind"].value,
+            c["identifier"],
+            c["spiffe_id"],
+            c["entry_id"],
+            c["authority_id"],
+            bind(c["issued_at"]),
+            bind(c["not_after"]),
+        )
+        for c, _ in batch
+        if c is not None
+    ]
+    bulk_insert(connection, "issued_credentials", _CREDENTIAL_COLUMNS, rows)
+    audit.append(connection, [event for _, events in batch for event in events])

@@ -13,7 +13,7 @@ from ca.authority import ensure_authorities
 from ca.config import CAConfig
 from ca.entries import EntryStore
 from ca.issuer import Issuer
-from ca.recorder import Recorder
+from ca.recorder import Recorder, RecordSink
 from ca.spiffe_id import TrustDomain
 from ca.storage.db import Database, migrate
 from hsm import KeyStore, KeyType
@@ -27,12 +27,15 @@ class CAService:
     trust_domain: TrustDomain
     keystore: KeyStore
     database: Database
-    recorder: Recorder
+    recorder: RecordSink
     issuer: Issuer
     entries: EntryStore
 
     @classmethod
-    def open(cls, config: CAConfig, run_migrations: bool = True) -> CAService:
+    def open(
+        cls, config: CAConfig, run_migrations: bool = True, recorder: RecordSink | None = None
+    ) -> CAService:
+        """Open everything; ``recorder``: where issuance records go (default: in-process)."""
         if run_migrations:
             migrate(config.database_url)
         trust_domain = TrustDomain(config.trust_domain)
@@ -48,7 +51,7 @@ class CAService:
                 jwt_algorithm_=config.jwt_algorithm,
                 jwt_lifetime=timedelta(hours=config.jwt_lifetime_hours),
             )
-            recorder = Recorder(database)
+            recorder = recorder or Recorder(database)
             issuer = Issuer(
                 keystore,
                 database,

@@ -77,6 +77,8 @@ def server(
 
     socket_path = server_dir / "admin.sock"
     socket_path.unlink(missing_ok=True)
+    writer = _Writer(directory, server_dir / "writer.sock")
+    writer.start()
     options = {
         # The master binds only the admin socket; each worker binds the HTTPS
         # port itself (see _bind_own_listener).
@@ -101,7 +103,7 @@ def server(
         "limit_request_field_size": 16384,
         "ssl_context": _reused_ssl_context,
         "when_ready": lambda arbiter: _when_ready(
-            arbiter, socket_path, directory, names, own_tls=not (tls_cert and tls_key)
+            arbiter, socket_path, directory, names, not (tls_cert and tls_key), writer
         ),
     }
     click.echo(
@@ -109,7 +111,86 @@ def server(
         f"(admin socket {socket_path}), {workers} workers x {threads} threads",
         err=True,
     )
-    _Gunicorn(config, None if rate_limit == "none" else rate_limit, options).run()
+    try:
+        _Gunicorn(
+            config, None if rate_limit == "none" else rate_limit, str(writer.path), options
+        ).run()
+    finally:
+        writer.stop()  # after the workers: it commits what they sent last
+
+
+class _Writer:
+    """The database writer process (ca/writer.py) beside gunicorn's master.
+
+    Started before the workers, restarted if it dies, stopped after them.
+    A separate interpreter rather than a fork: the master must stay free of
+    threads and database handles that forked workers would inherit.
+    """
+
+    def __init__(self, directory: Path, path: Path) -> None:
+        self.directory = directory
+        self.path = path
+        self.process: Any = None
+        self._stopping = False
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ca.writer", str(self.directory), str(self.path)]
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(self.path))
+                    return
+                except OSError:
+                    pass  # not listening yet
+            status = self.process.poll()
+            if status is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise click.ClickException(
+                    f"the database writer (python -m ca.writer) did not start (status {status}); "
+                    "its messages are above"
+                )
+            time.sleep(0.05)
+
+    def watch(self, arbiter: Any) -> None:
+        """Master hook: restart the writer if it exits while the server runs."""
+        import threading
+        import time
+
+        def loop() -> None:
+            while not self._stopping:
+                time.sleep(1.0)
+                # gunicorn may reap it first; poll() then still says it exited.
+                if self._stopping or self.process.poll() is None:
+                    continue
+                arbiter.log.error(
+                    "the database writer exited (status %s); restarting it", self.process.returncode
+                )
+                try:
+                    self.start()
+                except click.ClickException as error:
+                    arbiter.log.error("%s", error.message)
+
+        threading.Thread(target=loop, name="idmint-writer-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        import subprocess
+
+        self._stopping = True
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def _prepare(config: Any, server_dir: Path | None, names: list[str]) -> tuple[Path, Path]:
@@ -226,9 +307,14 @@ TLS_CHECK_SECONDS = 300
 
 
 def _when_ready(
-    arbiter: Any, socket_path: Path, directory: Path, names: list[str], own_tls: bool
+    arbiter: Any,
+    socket_path: Path,
+    directory: Path,
+    names: list[str],
+    own_tls: bool,
+    writer: _Writer,
 ) -> None:
-    """Master hook: lock down the admin socket, then keep the TLS certificate fresh.
+    """Master hook: lock down the admin socket, watch the writer, keep the TLS certificate fresh.
 
     Renewal runs ``idmint server-tls`` in a subprocess (the master must not
     touch PKCS#11, or forked workers inherit a broken module) and then sends
@@ -244,6 +330,7 @@ def _when_ready(
     from cryptography import x509
 
     socket_path.chmod(0o600)
+    writer.watch(arbiter)
     if not own_tls:
         return
     certfile = directory / "server" / "tls.pem"
@@ -296,9 +383,12 @@ def _gunicorn_base() -> Any:
 class _Gunicorn(_gunicorn_base()):  # type: ignore[misc]
     """gunicorn with our options and the Flask app made in each worker."""
 
-    def __init__(self, config: Any, rate_limit: str | None, options: dict[str, Any]) -> None:
+    def __init__(
+        self, config: Any, rate_limit: str | None, writer_socket: str, options: dict[str, Any]
+    ) -> None:
         self._config = config
         self._rate_limit = rate_limit
+        self._writer_socket = writer_socket
         self._options = options
         super().__init__()
 
@@ -309,4 +399,6 @@ class _Gunicorn(_gunicorn_base()):  # type: ignore[misc]
     def load(self) -> Any:
         from ca.api import create_app
 
-        return create_app(self._config, rate_limit=self._rate_limit)
+        return create_app(
+            self._config, rate_limit=self._rate_limit, writer_socket=self._writer_socket
+        )

@@ -16,11 +16,18 @@ from idmint.errors import IdmintError
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-def create_app(config: CAConfig, rate_limit: str | None = "600/minute") -> Flask:
-    """A Flask app serving ``config``'s trust domain (services open lazily per process)."""
+def create_app(
+    config: CAConfig, rate_limit: str | None = "600/minute", writer_socket: str | None = None
+) -> Flask:
+    """A Flask app serving ``config``'s trust domain (services open lazily per process).
+
+    ``writer_socket``: the Unix socket of the writer process that makes the
+    issuance path's writes (see ca/writer.py); without it each process writes.
+    """
     app = Flask("idmint")
     app.config.update(
         IDMINT_CONFIG=config,
+        IDMINT_WRITER_SOCKET=writer_socket,
         IDMINT_RATE_LIMIT=rate_limit,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,

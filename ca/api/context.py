@@ -16,13 +16,14 @@ from typing import Any
 from flask import current_app
 
 from attestation import Attested, Attestor, get_attestor_class
-from attestation.join_token import JoinTokenAttestor
+from attestation.join_token import JoinTokenAttestor, JoinTokenLedger
 from attestation.k8s_psat import KubernetesPSATAttestor
 from attestation.oidc import OIDCAttestor
 from attestation.x509pop import X509PoPAttestor
 from ca.config import CAConfig
 from ca.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
 from ca.service import CAService
+from ca.writer import WriterClient
 
 
 @dataclass
@@ -33,7 +34,7 @@ class APIState:
     attestors: dict[str, Attestor]
     tokens: JoinTokens
     nonces: Nonces
-    used: UsedEvidenceLedger
+    used: UsedEvidenceLedger | WriterClient
 
     def attest(self, evidence: Any, now: datetime | None = None) -> Attested:
         """Run the attestor the evidence names and spend its one-time keys."""
@@ -54,7 +55,9 @@ class APIState:
         return attested
 
 
-def build_attestors(config: CAConfig, tokens: JoinTokens, nonces: Nonces) -> dict[str, Attestor]:
+def build_attestors(
+    config: CAConfig, tokens: JoinTokenLedger, nonces: Nonces
+) -> dict[str, Attestor]:
     """Join tokens always; OIDC, Kubernetes and x509pop when configured."""
     section: dict[str, Any] = dict(config.extra.get("attestation", {}) or {})
     base = Path(config.data_dir)
@@ -80,7 +83,11 @@ def state() -> APIState:
             found = app.extensions.get("idmint")
             if found is None:
                 config: CAConfig = app.config["IDMINT_CONFIG"]
-                service = CAService.open(config, run_migrations=False)
+                # Under `idmint server` the writer process makes the hot-path
+                # writes (ca/writer.py says why); elsewhere this process does.
+                socket_path = app.config.get("IDMINT_WRITER_SOCKET")
+                writer = WriterClient(Path(socket_path)) if socket_path else None
+                service = CAService.open(config, run_migrations=False, recorder=writer)
                 from ca.api import metrics
 
                 service.keystore.sign_observer = metrics.HSM_SIGN_SECONDS.observe
@@ -88,10 +95,10 @@ def state() -> APIState:
                 nonces = Nonces(service.database)
                 found = APIState(
                     service=service,
-                    attestors=build_attestors(config, tokens, nonces),
+                    attestors=build_attestors(config, writer or tokens, nonces),
                     tokens=tokens,
                     nonces=nonces,
-                    used=UsedEvidenceLedger(service.database),
+                    used=writer or UsedEvidenceLedger(service.database),
                 )
                 app.extensions["idmint"] = found
                 _start_rotation(service)

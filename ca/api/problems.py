@@ -35,6 +35,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid-transition": 409,
     "invalid-jwt-svid": 401,
     "hsm-error": 503,
+    "writer-unavailable": 503,
     "hsm-session-lost": 503,
     "hsm-signing-failed": 503,
     "hsm-key-not-found": 503,

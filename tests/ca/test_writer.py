@@ -1,0 +1,197 @@
+"""The server's writer process protocol, on SQLite and PostgreSQL.
+
+The writer runs here in a thread of the test process, serving a real Unix
+socket; the clients are the same WriterClient the server workers use. The
+process around it (started, restarted and stopped by ``idmint server``) is
+tested through the real server in tests/server/test_writer_process.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import stat
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
+
+from attestation.base import AttestationFailed, EvidenceReplayed
+from ca import audit
+from ca.entries import EntrySpec, EntryStore, NoMatchingEntry
+from ca.issuer import Issuer
+from ca.ledgers import JoinTokens
+from ca.spiffe_id import TrustDomain
+from ca.storage.db import Database
+from ca.storage.models import AuditEvent, IssuedCredential, JoinToken
+from ca.writer import WriterClient, WriterServer, WriterUnavailable
+from hsm import KeyStore
+
+SPIFFE_ID = "spiffe://example.org/writer"
+
+
+@pytest.fixture
+def writer(database: Database, tmp_path: Path) -> Iterator[WriterServer]:
+    # A short path: Unix socket paths are limited to ~108 bytes.
+    path = Path("/tmp") / f"idmint-writer-{uuid.uuid4().hex[:12]}.sock"
+    server = WriterServer(database, path)
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread.start()
+    for _ in range(200):
+        if path.exists():
+            break
+        threading.Event().wait(0.01)
+    yield server
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def client(writer: WriterServer) -> Iterator[WriterClient]:
+    made = WriterClient(writer.path)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def tokens(database: Database, entries: EntryStore, trust_domain: TrustDomain) -> JoinTokens:
+    entries.create(
+        EntrySpec(
+            SPIFFE_ID, ["join_token:any:true"], "tests", datetime.now(UTC) + timedelta(days=1)
+        ),
+        actor="tests",
+    )
+    return JoinTokens(database, trust_domain)
+
+
+def _hash(token: str) -> str:
+    from attestation.join_token import token_hash
+
+    return token_hash(token)
+
+
+def test_a_join_token_is_spent_once(
+    client: WriterClient, writer: WriterServer, tokens: JoinTokens
+) -> None:
+    issued = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    now = datetime.now(UTC)
+    assert client.consume(_hash(issued.token), now) == (issued.id, SPIFFE_ID)
+    with pytest.raises(EvidenceReplayed, match="already used"):
+        client.consume(_hash(issued.token), now)
+    with tokens.database.reading() as session:
+        used_at = session.scalar(select(JoinToken.used_at).where(JoinToken.id == issued.id))
+    assert used_at is not None
+
+
+def test_refusals_name_the_reason(
+    client: WriterClient, writer: WriterServer, tokens: JoinTokens
+) -> None:
+    now = datetime.now(UTC)
+    with pytest.raises(AttestationFailed, match="unknown join token"):
+        client.consume(_hash("idmjt_never-issued"), now)
+    revoked = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    tokens.revoke(revoked.id, actor="tests")
+    with pytest.raises(AttestationFailed, match="revoked"):
+        client.consume(_hash(revoked.token), now)
+    expiring = tokens.create(SPIFFE_ID, timedelta(minutes=1), actor="tests")
+    with pytest.raises(AttestationFailed, match="expired"):
+        client.consume(_hash(expiring.token), now + timedelta(minutes=2))
+
+
+def test_parallel_spends_of_one_token_have_one_winner(
+    client: WriterClient, writer: WriterServer, tokens: JoinTokens
+) -> None:
+    issued = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    now = datetime.now(UTC)
+
+    def attempt(_: int) -> str:
+        own = WriterClient(writer.path)
+        try:
+            own.consume(_hash(issued.token), now)
+            return "won"
+        except EvidenceReplayed:
+            return "replayed"
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(30) as pool:
+        outcomes = list(pool.map(attempt, range(30)))
+    assert outcomes.count("won") == 1
+    assert outcomes.count("replayed") == 29
+
+
+def test_issuance_records_go_through_the_writer_and_the_chain_verifies(
+    client: WriterClient,
+    keystore: KeyStore,
+    database: Database,
+    authorities: None,
+    trust_domain: TrustDomain,
+    tokens: JoinTokens,
+) -> None:
+    issuer = Issuer(keystore, database, trust_domain, "https://idmint.test", recorder=client)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    selectors = ["join_token:any:true"]
+    svids = [issuer.issue_x509(selectors, csr) for _ in range(3)]
+    token = issuer.issue_jwt(selectors, ["db"])
+    with pytest.raises(NoMatchingEntry):  # refusals are audited through the writer too
+        issuer.issue_jwt(selectors, ["db"], spiffe_id="spiffe://example.org/nobody")
+    client.flush()
+    with database.reading() as session:
+        identifiers = set(session.scalars(select(IssuedCredential.identifier)))
+        events = session.execute(
+            select(AuditEvent.action, AuditEvent.outcome).order_by(AuditEvent.seq)
+        ).all()
+        report = audit.verify_database(session)
+    assert {s.serial for s in svids} | {token.jti} <= identifiers
+    assert events.count(("x509-svid.issue", "success")) == 3
+    assert events.count(("jwt-svid.issue", "success")) == 1
+    assert events[-1] == ("jwt-svid.issue", "refused")
+    assert report.events == len(events)
+
+
+def test_used_evidence_is_refused_the_second_time(
+    client: WriterClient, writer: WriterServer
+) -> None:
+    now = datetime.now(UTC)
+    key = f"oidc:jti:{uuid.uuid4().hex}"
+    client.spend([(key, now + timedelta(minutes=5))], now)
+    with pytest.raises(EvidenceReplayed, match="already used"):
+        client.spend([(key, now + timedelta(minutes=5))], now)
+
+
+def test_a_malformed_frame_drops_only_that_connection(
+    client: WriterClient, writer: WriterServer, tokens: JoinTokens
+) -> None:
+    for garbage in (b"\x00\x00\x00\x05hello", b"\xff\xff\xff\xff", b"\x00\x00\x00\x02{}"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(5)
+            raw.connect(str(writer.path))
+            raw.sendall(garbage)
+            assert raw.recv(16) == b""  # the writer closed it
+    issued = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    assert client.consume(_hash(issued.token), datetime.now(UTC))[1] == SPIFFE_ID
+
+
+def test_the_socket_is_private(client: WriterClient, writer: WriterServer) -> None:
+    assert stat.S_IMODE(writer.path.stat().st_mode) == 0o600
+
+
+def test_no_writer_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nobody.sock"
+    with pytest.raises(WriterUnavailable, match=r"nobody\.sock"):
+        WriterClient(missing).consume("x", datetime.now(UTC))
