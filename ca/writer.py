@@ -154,10 +154,21 @@ class WriterServer:
         self._selector.register(listener, selectors.EVENT_READ, None)
         return listener
 
-    def serve(self, stop: threading.Event) -> None:
+    def serve(self, stop: threading.Event, parent: int | None = None) -> None:
+        """Serve until ``stop`` is set or, when ``parent`` is given, that process is gone.
+
+        Watching the parent is what gunicorn's workers do too: a server
+        master killed with SIGKILL must not leave its writer running.
+        """
         listener = self.listen()
+        next_check = 0.0
         try:
             while not stop.is_set():
+                if parent is not None and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + 0.5
+                    if os.getppid() != parent:
+                        log.warning("writer: the server (pid %d) is gone; stopping", parent)
+                        break
                 consumes: list[tuple[_Peer, str, datetime]] = []
                 wait = self._next_write - time.monotonic() if self._pending else 0.5
                 for key, _ in self._selector.select(timeout=max(wait, 0.0)):
@@ -398,7 +409,7 @@ class WriterClient:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ca.writer DATA_DIR SOCKET``: run until SIGTERM or SIGINT."""
+    """``python -m ca.writer DATA_DIR SOCKET [--parent PID]``: run until SIGTERM or SIGINT."""
     import argparse
     import signal
 
@@ -407,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="idmint-writer", description=__doc__.splitlines()[0])
     parser.add_argument("data_dir")
     parser.add_argument("socket")
+    parser.add_argument("--parent", type=int, help="stop when this process is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[idmint-writer %(process)d] %(message)s")
     stop = threading.Event()
@@ -414,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         signal.signal(number, lambda *_: stop.set())
     database = Database(load(args.data_dir).database_url)
     try:
-        WriterServer(database, Path(args.socket)).serve(stop)
+        WriterServer(database, Path(args.socket)).serve(stop, args.parent)
     finally:
         database.close()
 

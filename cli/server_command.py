@@ -140,7 +140,15 @@ class _Writer:
         import time
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ca.writer", str(self.directory), str(self.path)]
+            [
+                sys.executable,
+                "-m",
+                "ca.writer",
+                str(self.directory),
+                str(self.path),
+                "--parent",
+                str(os.getpid()),
+            ]
         )
         deadline = time.monotonic() + 60
         while True:

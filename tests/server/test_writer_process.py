@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,3 +107,25 @@ def test_records_sent_last_are_committed_at_shutdown(own_server: Server) -> None
     finally:
         database.close()
     assert set(jtis) <= recorded
+
+
+def test_the_writer_stops_when_the_server_master_is_killed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    subprocess.run(
+        [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", "example.org"],
+        check=True,
+        capture_output=True,
+        env=clean_env(),
+    )
+    server = start_server(data, tmp_path, workers=1, new_session=True)
+    writer = _writer_pid(data)
+    try:
+        os.kill(server.process.pid, signal.SIGKILL)  # the master only
+        server.process.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{writer}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{writer}").exists(), "the writer outlived its server"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)  # workers, if any are left
