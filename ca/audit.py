@@ -50,8 +50,14 @@ class Event:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+# json.dumps() with non-default options builds a new encoder on every call;
+# these are the same encoders, built once (the recorder hashes every event).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _canonical(detail: Mapping[str, Any]) -> str:
-    return json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
+    return _CANONICAL.encode(detail)
 
 
 def _row_hash(
@@ -64,7 +70,7 @@ def _row_hash(
     detail: str,
     prev_hash: str,
 ) -> str:
-    material = json.dumps(
+    material = _COMPACT.encode(
         [
             seq,
             at.astimezone(UTC).isoformat(timespec="microseconds"),
@@ -74,8 +80,7 @@ def _row_hash(
             outcome,
             detail,
             prev_hash,
-        ],
-        separators=(",", ":"),
+        ]
     )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
