@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
@@ -33,6 +31,7 @@ from ca.storage.db import Database
 from ca.storage.models import AuditEvent, IssuedCredential, JoinToken
 from ca.writer import WriterClient, WriterServer, WriterUnavailable
 from hsm import KeyStore
+from tests.server.conftest import csr_pem
 
 SPIFFE_ID = "spiffe://example.org/writer"
 
@@ -139,12 +138,7 @@ def test_issuance_records_go_through_the_writer_and_the_chain_verifies(
 ) -> None:
     issuer = Issuer(keystore, database, trust_domain, "https://idmint.test", recorder=client)
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
+    csr = csr_pem(key).encode()
     selectors = ["join_token:any:true"]
     svids = [issuer.issue_x509(selectors, csr) for _ in range(3)]
     token = issuer.issue_jwt(selectors, ["db"])

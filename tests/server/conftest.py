@@ -311,16 +311,21 @@ def _idmint() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("server")
-    data = base / "data"
+def init_data_dir(data: Path, trust_domain: str = "example.org") -> Path:
+    """``idmint init`` of a fresh data directory (embedded SoftHSM + SQLite)."""
     subprocess.run(
-        [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", "example.org"],
+        [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", trust_domain],
         check=True,
         capture_output=True,
         env=clean_env(),
     )
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("server")
+    data = init_data_dir(base / "data")
     ci, k8s = TokenIssuer(OIDC_ISSUER), TokenIssuer(K8S_ISSUER)
     (data / "ci-jwks.json").write_text(json.dumps(ci.jwks()))
     (data / "k8s-jwks.json").write_text(json.dumps(k8s.jwks()))

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.x509pop import sign_nonce
 from ca.pop import make_proof
-from tests.server.conftest import Server, _idmint, bootstrap_leaf, clean_env, csr_pem
+from tests.server.conftest import (
+    Server,
+    _idmint,
+    bootstrap_leaf,
+    clean_env,
+    csr_pem,
+    init_data_dir,
+)
 from tests.tls import context, handshake, write_svid
 
 
@@ -326,13 +333,7 @@ def test_a_port_in_use_is_refused_before_anything_is_written(
 ) -> None:
     # Workers bind with SO_REUSEPORT; without the check a second server on
     # the same port would silently take half of the first one's traffic.
-    data = tmp_path / "second"
-    subprocess.run(
-        [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", "second.test"],
-        check=True,
-        capture_output=True,
-        env=clean_env(),
-    )
+    data = init_data_dir(tmp_path / "second", "second.test")
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     with socket.socket() as plain:  # and a listener that is not idmint's
         plain.bind(("127.0.0.1", 0))

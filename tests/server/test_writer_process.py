@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ca.audit import verify_database
 from ca.config import load
 from ca.storage.db import Database
 from ca.storage.models import IssuedCredential
-from tests.server.conftest import Server, _idmint, clean_env, start_server
+from tests.server.conftest import Server, init_data_dir, start_server
 
 
 def _writer_pid(data: Path) -> int:
@@ -43,14 +42,7 @@ def _jwt(server: Server, spiffe_id: str) -> tuple[int, dict[str, object]]:
 
 @pytest.fixture
 def own_server(tmp_path: Path) -> Server:
-    data = tmp_path / "data"
-    subprocess.run(
-        [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", "example.org"],
-        check=True,
-        capture_output=True,
-        env=clean_env(),
-    )
-    return start_server(data, tmp_path, workers=2)
+    return start_server(init_data_dir(tmp_path / "data"), tmp_path, workers=2)
 
 
 def test_a_killed_writer_is_restarted_and_issuance_resumes(own_server: Server) -> None:
@@ -110,13 +102,7 @@ def test_records_sent_last_are_committed_at_shutdown(own_server: Server) -> None
 
 
 def test_the_writer_stops_when_the_server_master_is_killed(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    subprocess.run(
-        [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", "example.org"],
-        check=True,
-        capture_output=True,
-        env=clean_env(),
-    )
+    data = init_data_dir(tmp_path / "data")
     server = start_server(data, tmp_path, workers=1, new_session=True)
     writer = _writer_pid(data)
     try:
