@@ -186,8 +186,9 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     #: Canonical JSON (sorted keys) so the hash is reproducible on any database.
     detail: Mapped[str] = mapped_column(Text)
-    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Not unique or indexed: seq orders the chain (migration 0005 says why).
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class AuditHead(Base):
