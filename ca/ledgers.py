@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from attestation.base import AttestationFailed, EvidenceReplayed
@@ -160,8 +161,8 @@ class JoinTokens:
 
     def consume(self, hashed: str, now: datetime) -> tuple[str, str]:
         """The JoinTokenLedger protocol: use a token once, atomically."""
-        with self.database.connection() as connection:
-            spent = spend_join_token(connection, hashed, now)
+        with self.database.cursor() as cursor:
+            spent = spend_join_token(self.database, cursor, hashed, now)
         if spent is None:
             raise join_token_refusal(self.database, hashed)
         return spent
@@ -176,16 +177,18 @@ _CONSUME = (
 )
 
 
-def spend_join_token(connection: Connection, hashed: str, now: datetime) -> tuple[str, str] | None:
-    """Mark the token with this hash used, in the caller's transaction.
+def spend_join_token(
+    database: Database, cursor: Any, hashed: str, now: datetime
+) -> tuple[str, str] | None:
+    """Mark the token with this hash used, in the transaction of ``cursor``.
 
-    Returns (token id, SPIFFE ID), or None when it is unknown, used, revoked
-    or expired (:func:`join_token_refusal` says which).
+    ``cursor`` comes from :meth:`Database.cursor`. Returns (token id, SPIFFE
+    ID), or None when it is unknown, used, revoked or expired
+    (:func:`join_token_refusal` says which).
     """
-    stamp = time_binder(connection)(now)
-    row = connection.exec_driver_sql(
-        driver_sql(connection, _CONSUME), (stamp, hashed, stamp)
-    ).first()
+    stamp = time_binder(database.engine)(now)
+    cursor.execute(driver_sql(database.engine, _CONSUME), (stamp, hashed, stamp))
+    row = cursor.fetchone()
     return None if row is None else (str(row[0]), str(row[1]))
 
 

@@ -298,8 +298,10 @@ class WriterServer:
 
     def _consume(self, consumes: list[tuple[_Peer, str, datetime]]) -> None:
         """Every join token that arrived together, spent in one transaction."""
-        with self.database.connection() as connection:
-            spent = [spend_join_token(connection, hashed, now) for _, hashed, now in consumes]
+        with self.database.cursor() as cursor:
+            spent = [
+                spend_join_token(self.database, cursor, hashed, now) for _, hashed, now in consumes
+            ]
         for (peer, hashed, _), result in zip(consumes, spent, strict=True):
             if result is None:
                 self._answer(peer, _refused(join_token_refusal(self.database, hashed)))

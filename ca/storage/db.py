@@ -125,6 +125,29 @@ class Database:
         with self._serialised(), self.engine.begin() as connection:
             yield connection
 
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A driver (DB-API) cursor in one transaction, in the write turn.
+
+        For the hottest single statement (spending a join token): SQLAlchemy's
+        Core wrappers around it cost ~40 us against ~10 us for the statement.
+        Write SQL for it with :func:`driver_sql`.
+        """
+        with self._serialised():
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                try:
+                    yield cursor
+                    connection.commit()
+                except BaseException:
+                    connection.rollback()
+                    raise
+                finally:
+                    cursor.close()
+            finally:
+                connection.close()  # back to the pool
+
     def _lock_across_processes(self) -> None:
         if self._lock_path is None:
             return
@@ -165,7 +188,7 @@ def bulk_insert(
     connection.exec_driver_sql(sql, rows)
 
 
-def driver_sql(connection: Connection, sql: str) -> str:
+def driver_sql(connection: Connection | Engine, sql: str) -> str:
     """``sql`` written with ``?`` placeholders, in this driver's paramstyle."""
     return sql if connection.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
 
@@ -179,13 +202,13 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def time_binder(session: Session | Connection) -> Callable[[datetime], Any]:
+def time_binder(session: Session | Connection | Engine) -> Callable[[datetime], Any]:
     """Converts UTC datetimes to what this session's driver stores.
 
     SQLite gets the naive UTC text SQLAlchemy itself writes for DateTime
     columns, so rows written either way read back the same.
     """
-    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    dialect = session.get_bind().dialect if isinstance(session, Session) else session.dialect
     if dialect.name == "sqlite":
         return _sqlite_time
     return lambda moment: moment.astimezone(UTC)
