@@ -173,19 +173,27 @@ class Database:
 def bulk_insert(
     session: Session | Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> None:
-    """INSERT many rows through the driver's executemany, skipping per-value processing.
+    """INSERT many rows as multi-row VALUES statements, skipping per-value processing.
 
     Only for the hot write path (issuance records): values must already be
-    in driver form; use :func:`bind_time` for datetimes.
+    in driver form; use :func:`time_binder` for datetimes.
+
+    Why not executemany: SQLite's driver releases the GIL around every row's
+    step and must win it back each time, and the thread issuing SVIDs holds
+    it in between; one statement per chunk of rows is one hand-over.
     """
     if not rows:
         return
     connection = session if isinstance(session, Connection) else session.connection()
     marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marker for _ in columns)})"
-    )
-    connection.exec_driver_sql(sql, rows)
+    row_markers = f"({', '.join(marker for _ in columns)})"
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    # SQLite takes at most 32,766 parameters per statement (999 before 3.32).
+    step = max(1, 900 // len(columns))
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        values = [value for row in chunk for value in row]
+        connection.exec_driver_sql(head + ", ".join(row_markers for _ in chunk), tuple(values))
 
 
 def driver_sql(connection: Connection | Engine, sql: str) -> str:

@@ -97,3 +97,15 @@ def test_hash_survives_the_database_round_trip(database: Database) -> None:
     with database.session() as session:
         audit.append(session, [audit.Event("x", "y", detail={"b": 1, "a": [1, 2]}, at=moment)])
     assert _verify(database).events == 1
+
+
+def test_a_batch_larger_than_one_insert_statement_chains_in_order(database: Database) -> None:
+    # 9 columns: bulk_insert writes 100 rows per statement, so 250 take three.
+    events = [audit.Event("batch.event", f"s{n}", detail={"n": n}) for n in range(250)]
+    with database.session() as session:
+        audit.append(session, events)
+    with database.session() as session:
+        report = audit.verify_database(session)
+        details = session.execute(text("SELECT detail FROM audit_events ORDER BY seq")).scalars()
+        assert [int(d.split(":")[1].rstrip("}")) for d in details] == list(range(250))
+    assert report.events == 250
