@@ -199,7 +199,6 @@ class KeyStore:
         For CKM_ECDSA, ``data`` is the digest and the result is raw ``r||s``
         (PKCS#11 v2.40 section 2.3.1), not DER.
         """
-        context = {"token": self.token_label, "key": key_id.hex(), "mechanism": mechanism.name}
         for attempt in (1, 2):
             try:
                 return self._sign_once(key_id, data, mechanism, mechanism_param)
@@ -207,18 +206,24 @@ class KeyStore:
                 if attempt == 2:
                     raise SessionLost(
                         f"signing failed after re-opening the session: {type(exc).__name__}",
-                        **context,
+                        **self._sign_context(key_id, mechanism),
                     ) from None
             except (p11.MechanismInvalid, p11.MechanismParamInvalid, p11.KeyTypeInconsistent):
                 raise UnsupportedMechanism(
-                    "the token does not support this mechanism for this key", **context
+                    "the token does not support this mechanism for this key",
+                    **self._sign_context(key_id, mechanism),
                 ) from None
             except p11.PKCS11Error as exc:
                 # Tokens differ in how they refuse a mechanism (SoftHSM says
                 # CKR_GENERAL_ERROR for ECDSA with an RSA key), so explain it here.
+                context = self._sign_context(key_id, mechanism)
                 self._explain_refusal(key_id, mechanism, context)
                 raise SigningFailed(f"signing failed: {type(exc).__name__}", **context) from None
         raise AssertionError("unreachable")
+
+    def _sign_context(self, key_id: bytes, mechanism: Mechanism) -> dict[str, str]:
+        # Built only for an error: every signature went through here.
+        return {"token": self.token_label, "key": key_id.hex(), "mechanism": mechanism.name}
 
     def _explain_refusal(
         self, key_id: bytes, mechanism: Mechanism, context: dict[str, str]

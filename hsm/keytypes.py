@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from pkcs11.util.ec import encode_named_curve_parameters
@@ -71,6 +72,7 @@ JWS_ALGORITHMS: dict[str, frozenset[str]] = {
 }
 
 
+@functools.cache  # checked before every JWT signature; refusals are not cached
 def check_jws_algorithm(key_type: KeyType, alg: str) -> None:
     """Raise unless ``alg`` suits ``key_type`` (ES256 needs P-256, ES384 P-384)."""
     allowed = JWS_ALGORITHMS[key_type.family]
