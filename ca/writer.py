@@ -64,7 +64,7 @@ MAX_FRAME = 1 << 20
 
 
 class WriterUnavailable(CAError):
-    """The server's database writer process cannot be reached; retry shortly."""
+    """The server's database writer cannot be reached or cannot write; retry shortly."""
 
     code = "writer-unavailable"
 
@@ -117,6 +117,13 @@ class _Peer:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        self.closed = False
+
+
+def _failed(error: Exception) -> list[str]:
+    """An answer for a write the database refused (the worker answers 503)."""
+    log.error("writer: the database refused a write: %s", error)
+    return ["refused", "error", f"the database refused the write ({type(error).__name__})"]
 
 
 class WriterServer:
@@ -238,8 +245,11 @@ class WriterServer:
         self._selector.register(sock, selectors.EVENT_READ, _Peer(sock))
 
     def _drop(self, peer: _Peer, why: str | None = None) -> None:
+        if peer.closed:
+            return  # already dropped earlier in this turn
         if why:
             log.warning("writer: dropped a connection: %s", why)
+        peer.closed = True
         self._selector.unregister(peer.sock)
         peer.sock.close()
 
@@ -286,6 +296,8 @@ class WriterServer:
                 self._answer(peer, ["ok"])
             except IdmintError as error:
                 self._answer(peer, _refused(error))
+            except Exception as error:  # the database's own failure: keep serving
+                self._answer(peer, _failed(error))
         elif op == "flush":
             given_up = self.failures
             self._write_records()
@@ -298,17 +310,28 @@ class WriterServer:
 
     def _consume(self, consumes: list[tuple[_Peer, str, datetime]]) -> None:
         """Every join token that arrived together, spent in one transaction."""
-        with self.database.cursor() as cursor:
-            spent = [
-                spend_join_token(self.database, cursor, hashed, now) for _, hashed, now in consumes
-            ]
+        try:
+            with self.database.cursor() as cursor:
+                spent = [
+                    spend_join_token(self.database, cursor, hashed, now)
+                    for _, hashed, now in consumes
+                ]
+        except Exception as error:  # nothing was spent (rolled back); keep serving
+            for peer, _, _ in consumes:
+                self._answer(peer, _failed(error))
+            return
         for (peer, hashed, _), result in zip(consumes, spent, strict=True):
-            if result is None:
-                self._answer(peer, _refused(join_token_refusal(self.database, hashed)))
-            else:
+            if result is not None:
                 self._answer(peer, ["ok", *result])
+                continue
+            try:
+                self._answer(peer, _refused(join_token_refusal(self.database, hashed)))
+            except Exception as error:
+                self._answer(peer, _failed(error))
 
     def _answer(self, peer: _Peer, message: Sequence[Any]) -> None:
+        if peer.closed:
+            return
         try:
             peer.sock.sendall(_frame(message))
         except OSError as error:

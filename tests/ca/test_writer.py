@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from attestation.base import AttestationFailed, EvidenceReplayed
 from ca import audit
@@ -189,3 +189,30 @@ def test_no_writer_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nobody.sock"
     with pytest.raises(WriterUnavailable, match=r"nobody\.sock"):
         WriterClient(missing).consume("x", datetime.now(UTC))
+
+
+def test_a_database_failure_is_an_answer_and_the_writer_keeps_serving(
+    client: WriterClient, writer: WriterServer, database: Database
+) -> None:
+    with database.session() as session:
+        session.execute(text("DROP TABLE join_tokens"))
+    with pytest.raises(WriterUnavailable, match="database refused"):
+        client.consume(_hash("idmjt_any"), datetime.now(UTC))
+    now = datetime.now(UTC)
+    client.spend([(f"oidc:jti:{uuid.uuid4().hex}", now + timedelta(minutes=5))], now)
+
+
+def test_a_spend_and_garbage_in_one_write_do_not_stop_the_writer(
+    client: WriterClient, writer: WriterServer, tokens: JoinTokens
+) -> None:
+    from ca.writer import _frame
+
+    issued = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(5)
+        raw.connect(str(writer.path))
+        spend = _frame(["consume", _hash(issued.token), datetime.now(UTC).isoformat()])
+        raw.sendall(spend + b"\x00\x00\x00\x03{x}")
+        assert raw.recv(1 << 16) == b""  # dropped, unanswered
+    other = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    assert client.consume(_hash(other.token), datetime.now(UTC))[0] == other.id
