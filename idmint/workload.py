@@ -84,20 +84,38 @@ class _Contexts:
     _svid_dir: Path
 
     def __init__(self) -> None:
+        import weakref
+
         self._lock = threading.Lock()
-        self._contexts: list[ssl.SSLContext] = []
+        # Weak: a caller that makes a context per connection must not make
+        # every renewal reload all the contexts it ever dropped.
+        self._contexts: weakref.WeakSet[_ReloadableContext] = weakref.WeakSet()
 
     def _context(self, side: int) -> ssl.SSLContext:
         context = _new_context(side)
         with self._lock:
             _load(context, self._svid_dir)
-            self._contexts.append(context)
+            self._contexts.add(context)
         return context
 
     def _reload(self) -> None:
-        """Load the files again into every context (new connections see them)."""
-        for context in self._contexts:
-            _load(context, self._svid_dir)
+        """Load the files again into every context (new connections see them).
+
+        The files are copied aside and loaded into a scratch context first,
+        so a pair caught mid-rewrite (new certificate, old key) raises here
+        and leaves the live contexts as they were.
+        """
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="idmint-svid-") as scratch:
+            snapshot = Path(scratch)
+            for name in _FILES:
+                shutil.copyfile(self._svid_dir / name, snapshot / name)
+            _load(_new_context(ssl.PROTOCOL_TLS_CLIENT), snapshot)
+            for context in list(self._contexts):
+                with context.turn:
+                    _load(context, snapshot)
 
     def server_context(self) -> ssl.SSLContext:
         """Presents this SVID and requires a client SVID from the trust bundle."""
@@ -228,8 +246,33 @@ class Workload(_Contexts):
         self._stop.set()
 
 
-def _new_context(side: int) -> ssl.SSLContext:
-    context = ssl.SSLContext(side)
+class _ReloadableContext(ssl.SSLContext):
+    """An SSLContext whose certificate and key are replaced while it is in use.
+
+    Loading a new certificate makes OpenSSL drop a key that does not match
+    it, and Python releases the GIL between the certificate and the key: a
+    connection created in between got the new certificate with no key, and
+    its handshake failed ("no shared cipher", seen during a renewal). So
+    creating a connection's SSL object (where OpenSSL copies the context's
+    certificate and key) and reloading take turns on ``turn``; handshakes
+    themselves run outside it. Every wrap_socket(), later connect() and
+    wrap_bio() creates its SSL object through these two methods.
+    """
+
+    turn: threading.Lock
+
+    def _wrap_socket(self, *args: Any, **kwargs: Any) -> Any:
+        with self.turn:
+            return super()._wrap_socket(*args, **kwargs)  # type: ignore[misc]
+
+    def _wrap_bio(self, *args: Any, **kwargs: Any) -> Any:
+        with self.turn:
+            return super()._wrap_bio(*args, **kwargs)  # type: ignore[misc]
+
+
+def _new_context(side: int) -> _ReloadableContext:
+    context = _ReloadableContext(side)
+    context.turn = threading.Lock()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = False  # peers are authorised by SPIFFE ID (peer_spiffe_id)

@@ -1,0 +1,124 @@
+"""SSL contexts that change certificate while connections are being made.
+
+No CA server here: two self-signed SPIFFE-like identities with different
+keys, and a directory rewritten between them the way the helper rewrites it
+(key, then certificate: a reader between the two sees a mismatched pair).
+Every handshake made meanwhile must present a whole identity.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from idmint.workload import from_directory
+from tests.tls import private_pem
+
+
+def _identity(name: str) -> tuple[bytes, bytes]:
+    from datetime import UTC, datetime
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://t/{name}")]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), private_pem(key)
+
+
+def test_handshakes_during_reloads_always_present_a_whole_identity(tmp_path: Path) -> None:
+    identities = [_identity("a"), _identity("b")]
+    bundle = b"".join(cert for cert, _ in identities)
+    directory = tmp_path / "svid"
+    directory.mkdir()
+
+    def write(index: int) -> None:
+        cert, key = identities[index]
+        (directory / "svid.key").write_bytes(key)
+        (directory / "svid.pem").write_bytes(cert)
+
+    write(0)
+    (directory / "bundle.pem").write_bytes(bundle)
+    workload = from_directory(directory, poll_seconds=3600)  # reloads driven below
+    server_context = workload.server_context()
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_verify_locations(cadata=bundle.decode())
+    client_pair = identities[1]
+    (tmp_path / "client.pem").write_bytes(client_pair[0])
+    (tmp_path / "client.key").write_bytes(client_pair[1])
+    client.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        turn = 0
+        while not stop.is_set():
+            turn ^= 1
+            write(turn)
+            try:
+                with workload._lock:
+                    workload._reload()
+            except (ssl.SSLError, OSError):
+                pass  # the pair did not match at this instant: the next turn will
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)  # so that serve() sees stop: close() does not wake accept()
+    port = listener.getsockname()[1]
+    failures: list[str] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(10)
+            try:
+                with server_context.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"k")
+            except (ssl.SSLError, OSError) as error:
+                failures.append(f"server: {error}")
+
+    threads = [threading.Thread(target=churn), threading.Thread(target=serve)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(300):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                try:
+                    with client.wrap_socket(raw) as tls:
+                        tls.recv(1)
+                except (ssl.SSLError, OSError) as error:
+                    failures.append(f"client: {error}")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        listener.close()
+        workload.close()
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
