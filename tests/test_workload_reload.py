@@ -11,40 +11,17 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from datetime import timedelta
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from idmint.workload import from_directory
-from tests.tls import private_pem
+from tests.tls import private_pem, self_signed
 
 
 def _identity(name: str) -> tuple[bytes, bytes]:
-    from datetime import UTC, datetime
-
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://t/{name}")]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), private_pem(key)
+    return self_signed(key, name, uri=f"spiffe://t/{name}"), private_pem(key)
 
 
 def test_handshakes_during_reloads_always_present_a_whole_identity(tmp_path: Path) -> None:

@@ -14,11 +14,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 
-def self_signed(key: Any, common_name: str, lifetime: timedelta = timedelta(hours=1)) -> bytes:
-    """A plain self-signed certificate (PEM) for ``key``: not an SVID."""
+def self_signed(
+    key: Any, common_name: str, lifetime: timedelta = timedelta(hours=1), uri: str | None = None
+) -> bytes:
+    """A self-signed certificate (PEM) for ``key``; with ``uri``, its own trust anchor
+    carrying that URI SAN (an identity for handshake tests, not an SVID)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.now(UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -26,9 +29,14 @@ def self_signed(key: Any, common_name: str, lifetime: timedelta = timedelta(hour
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=1))
         .not_valid_after(now + lifetime)
-        .sign(key, hashes.SHA256())
     )
-    return certificate.public_bytes(serialization.Encoding.PEM)
+    if uri is not None:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        ).add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def private_pem(key: Any) -> bytes:
