@@ -105,6 +105,9 @@ class _Contexts:
         so a pair caught mid-rewrite (new certificate, old key) raises here
         and leaves the live contexts as they were.
         """
+        live = list(self._contexts)
+        if not live:
+            return  # at start-up: contexts made later load the files themselves
         import shutil
         import tempfile
 
@@ -113,7 +116,7 @@ class _Contexts:
             for name in _FILES:
                 shutil.copyfile(self._svid_dir / name, snapshot / name)
             _load(_new_context(ssl.PROTOCOL_TLS_CLIENT), snapshot)
-            for context in list(self._contexts):
+            for context in live:
                 with context.turn:
                     _load(context, snapshot)
 
