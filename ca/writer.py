@@ -428,10 +428,6 @@ class WriterClient:
     def close(self) -> None:
         self._forget()
 
-    @property
-    def failures(self) -> int:
-        return 0  # the writer logs and retries its own failed batches
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ca.writer DATA_DIR SOCKET [--parent PID]``: run until SIGTERM or SIGINT."""

@@ -193,6 +193,23 @@ class Server:
         )
         return result
 
+    def svid_x509_command(self, token: str, out: Path, *extra: str) -> list[str]:
+        """``idmint svid x509`` against this server with a join token, into ``out``."""
+        return [
+            *_idmint(),
+            "svid",
+            "x509",
+            "--server",
+            self.url,
+            "--bundle",
+            self.bundle_file,
+            "--join-token",
+            token,
+            "--out",
+            str(out),
+            *extra,
+        ]
+
     def join_token(self, spiffe_id: str, ttl: int = 600) -> str:
         made = self.admin("POST", "/v1/join-tokens", {"spiffe_id": spiffe_id, "ttl_seconds": ttl})
         return str(made["token"])

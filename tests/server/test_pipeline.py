@@ -121,19 +121,7 @@ def test_jwt_from_an_existing_x509_svid(server: Server, tmp_path: Path) -> None:
     )
     out = tmp_path / "svid"
     first = subprocess.run(
-        [
-            IDMINT,
-            "svid",
-            "x509",
-            "--server",
-            server.url,
-            "--bundle",
-            server.bundle_file,
-            "--join-token",
-            token,
-            "--out",
-            str(out),
-        ],
+        server.svid_x509_command(token, out),
         capture_output=True,
         text=True,
         check=False,

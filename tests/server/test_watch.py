@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,24 +21,15 @@ def test_watch_renews_atomically_and_runs_the_command(server: Server, tmp_path: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
     env.pop("SOFTHSM2_CONF", None)
     watcher = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "idmint"),
-            "svid",
-            "x509",
-            "--server",
-            server.url,
-            "--bundle",
-            server.bundle_file,
-            "--join-token",
+        server.svid_x509_command(
             token,
-            "--out",
-            str(out),
+            out,
             "--watch",
             "--renew-at",
             "0.02",
             "--exec",
             f"sh -c 'echo renewed >> {marks}'",
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

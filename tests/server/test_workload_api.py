@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idmint.workload import WorkloadError, from_directory, peer_spiffe_id, start
-from tests.server.conftest import Server, _idmint, clean_env
+from tests.server.conftest import Server, clean_env
 from tests.tls import private_pem, self_signed
 
 
@@ -83,19 +83,7 @@ def test_two_services_authorise_each_other_by_spiffe_id(server: Server) -> None:
 def _fetch_into(server: Server, out: Path, spiffe_id: str) -> None:
     """What a helper (``idmint svid x509 --watch``) does on each renewal."""
     subprocess.run(
-        [
-            *_idmint(),
-            "svid",
-            "x509",
-            "--server",
-            server.url,
-            "--bundle",
-            server.bundle_file,
-            "--join-token",
-            server.join_token(spiffe_id),
-            "--out",
-            str(out),
-        ],
+        server.svid_x509_command(server.join_token(spiffe_id), out),
         check=True,
         capture_output=True,
         env=clean_env(),

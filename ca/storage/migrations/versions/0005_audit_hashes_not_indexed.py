@@ -45,7 +45,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         # SQLite cannot drop a constraint: copy the table into its new shape.
         with op.batch_alter_table("audit_events", copy_from=_audit_events(), recreate="always"):
-            pass
+            pass  # no column changes: leaving the block copies the rows into the new shape
         return
     for name in _PG_CONSTRAINTS:
         op.drop_constraint(name, "audit_events", type_="unique")
@@ -58,7 +58,7 @@ def downgrade() -> None:
             copy_from=_audit_events(sa.UniqueConstraint("hash"), sa.UniqueConstraint("prev_hash")),
             recreate="always",
         ):
-            pass
+            pass  # as above: the copy on leaving is the change
         return
     op.create_unique_constraint(_PG_CONSTRAINTS[0], "audit_events", ["hash"])
     op.create_unique_constraint(_PG_CONSTRAINTS[1], "audit_events", ["prev_hash"])
