@@ -6,7 +6,7 @@ nothing of idmint's but the root of the error tree. What needs the database
 implements.
 """
 
-from attestation.base import (
+from idmint.attestation.base import (
     AttestationFailed,
     Attested,
     Attestor,

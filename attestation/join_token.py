@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from attestation.base import AttestationFailed, Attested, Attestor, register, require
+from idmint.attestation.base import AttestationFailed, Attested, Attestor, register, require
 
 TOKEN_BYTES = 32
 # A fixed prefix: a token can never begin with "-" (which argparse, click and

@@ -20,7 +20,7 @@ from typing import Any
 
 import josepy
 
-from attestation.base import AttestationFailed
+from idmint.attestation.base import AttestationFailed
 
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "ES384"})
 #: Replay keys outlive the token by the leeway it is accepted with.

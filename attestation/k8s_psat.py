@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from attestation.base import AttestationFailed, Attested, Attestor, register, require
-from attestation.jwt import LEEWAY, as_datetime, replay_key, verify_jwt
-from attestation.oidc import JWKSSource, _kid_of
+from idmint.attestation.base import AttestationFailed, Attested, Attestor, register, require
+from idmint.attestation.jwt import LEEWAY, as_datetime, replay_key, verify_jwt
+from idmint.attestation.oidc import JWKSSource, _kid_of
 
 
 @register

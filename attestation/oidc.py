@@ -24,8 +24,8 @@ from typing import Any
 
 import josepy
 
-from attestation.base import AttestationFailed, Attested, Attestor, register, require
-from attestation.jwt import LEEWAY, as_datetime, load_jwks, replay_key, verify_jwt
+from idmint.attestation.base import AttestationFailed, Attested, Attestor, register, require
+from idmint.attestation.jwt import LEEWAY, as_datetime, load_jwks, replay_key, verify_jwt
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 GITHUB_CLAIMS = (

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from attestation.base import AttestationFailed, Attested, Attestor, register, require
+from idmint.attestation.base import AttestationFailed, Attested, Attestor, register, require
 
 #: What the client signs: a fixed context string and the nonce, so a
 #: signature made for something else can never be passed off as this.

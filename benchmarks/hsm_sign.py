@@ -32,8 +32,8 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.timing import median_rate, rate
-from hsm import KeyStore, KeyType
-from hsm.softhsm import create_token
+from idmint.hsm import KeyStore, KeyType
+from idmint.hsm.softhsm import create_token
 
 THREAD_COUNTS = (1, 2, 4, 8)
 

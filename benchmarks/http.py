@@ -48,10 +48,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attestation.join_token import new_token, token_hash
 from benchmarks.serving import IDMINT as IDMINT_PATH
 from benchmarks.serving import clean_env, start_server
-from ca.storage.db import Database
+from idmint.attestation.join_token import new_token, token_hash
+from idmint.ca.storage.db import Database
 
 IDMINT = [IDMINT_PATH]
 
@@ -75,7 +75,7 @@ def mint_tokens(database: Database, spiffe_id: str, count: int) -> list[str]:
     ]
     from sqlalchemy import insert
 
-    from ca.storage.models import JoinToken
+    from idmint.ca.storage.models import JoinToken
 
     with database.session() as session:
         session.execute(insert(JoinToken), rows)

@@ -43,13 +43,13 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.timing import median_rate, rate
-from ca.authority import create_root, ensure_authorities
-from ca.entries import EntrySpec, EntryStore
-from ca.issuer import Issuer
-from ca.spiffe_id import TrustDomain
-from ca.storage.db import Database, migrate
-from hsm import KeyStore, KeyType
-from hsm.softhsm import create_token
+from idmint.ca.authority.authorities import create_root, ensure_authorities
+from idmint.ca.issuance.entries import EntrySpec, EntryStore
+from idmint.ca.issuance.issuer import Issuer
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage.db import Database, migrate
+from idmint.hsm import KeyStore, KeyType
+from idmint.hsm.softhsm import create_token
 
 PEER_SCRIPT = r"""
 import asyncio, json, os, sys, time

@@ -41,15 +41,15 @@ from pkcs11 import Mechanism
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ca.authority import active, create_root, ensure_authorities, signing_key
-from ca.crl import build_crl
-from ca.ocsp import respond
-from ca.profiles import random_serial
-from ca.revocation import revoked_identifiers
-from ca.storage.db import Database, migrate
-from ca.storage.models import AuthorityKind, CredentialKind
-from hsm import KeyStore
-from hsm.softhsm import create_token
+from idmint.ca.authority.authorities import active, create_root, ensure_authorities, signing_key
+from idmint.ca.revocation.crl import build_crl
+from idmint.ca.revocation.ocsp import respond
+from idmint.ca.revocation.revocations import revoked_identifiers
+from idmint.ca.storage.db import Database, migrate
+from idmint.ca.storage.models import AuthorityKind, CredentialKind
+from idmint.ca.x509.profiles import random_serial
+from idmint.hsm import KeyStore
+from idmint.hsm.softhsm import create_token
 
 
 def propagation(samples: int = 5) -> dict[str, float]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm.config import HSMConfig
 from idmint.errors import ConfigError
+from idmint.hsm.config import HSMConfig
 
 CONFIG_NAME = "idmint.toml"
 DATABASE_NAME = "idmint.db"

@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ca.authority import ensure_authorities
-from ca.config import CAConfig
-from ca.entries import EntryStore
-from ca.issuer import Issuer
-from ca.recorder import Recorder, RecordSink
-from ca.spiffe_id import TrustDomain
-from ca.storage.db import Database, migrate
-from hsm import KeyStore, KeyType
+from idmint.ca.authority.authorities import ensure_authorities
+from idmint.ca.config import CAConfig
+from idmint.ca.issuance.entries import EntryStore
+from idmint.ca.issuance.issuer import Issuer
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage.db import Database, migrate
+from idmint.ca.storage.recorder import Recorder, RecordSink
+from idmint.hsm import KeyStore, KeyType
 
 
 @dataclass

@@ -14,7 +14,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from ca.errors import CAError
+from idmint.ca.errors import CAError
 
 SOCKET = Path("server") / "admin.sock"
 BUNDLE = Path("server") / "bundle.pem"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ca.audit import verify_database
-from cli.context import data_directory
-from cli.options import data_dir_option
-from cli.output import emit_json, output_option
+from idmint.ca.storage.audit import verify_database
+from idmint.cli.context import data_directory
+from idmint.cli.options import data_dir_option
+from idmint.cli.output import emit_json, output_option
 
 
 @click.group()

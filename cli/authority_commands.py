@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ca.authority import authorities
-from ca.config import CAConfig
-from ca.rotation import RotationPolicy, activate, describe, prepare, retire, revoke, taint
-from ca.storage.db import Database
-from ca.storage.models import Authority, AuthorityKind, AuthorityState
-from cli.context import data_directory
-from cli.options import cli_actor, data_dir_option
-from cli.output import emit_json, output_option
-from hsm import KeyStore
+from idmint.ca.authority.authorities import authorities
+from idmint.ca.authority.rotation import (
+    RotationPolicy,
+    activate,
+    describe,
+    prepare,
+    retire,
+    revoke,
+    taint,
+)
+from idmint.ca.config import CAConfig
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState
+from idmint.cli.context import data_directory
+from idmint.cli.options import cli_actor, data_dir_option
+from idmint.cli.output import emit_json, output_option
+from idmint.hsm import KeyStore
 
 KINDS = click.Choice([k.value for k in AuthorityKind])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ca.bundle import load_bundle
-from cli.context import data_directory
-from cli.options import data_dir_option
-from cli.output import emit_json
+from idmint.ca.jose.bundle import load_bundle
+from idmint.cli.context import data_directory
+from idmint.cli.options import data_dir_option
+from idmint.cli.output import emit_json
 
 
 @click.group()

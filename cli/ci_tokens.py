@@ -15,7 +15,7 @@ import os
 import urllib.parse
 import urllib.request
 
-from ca.errors import CAError
+from idmint.ca.errors import CAError
 
 GITHUB_URL = "ACTIONS_ID_TOKEN_REQUEST_URL"
 GITHUB_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ca.config import CAConfig, load, resolve_data_dir
-from ca.storage.db import Database, migrate
+from idmint.ca.config import CAConfig, load, resolve_data_dir
+from idmint.ca.storage.db import Database, migrate
 
 
 @contextmanager

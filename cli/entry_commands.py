@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from ca.config import resolve_data_dir
-from ca.entries import EntrySpec, EntryStore, EntryView
-from ca.spiffe_id import TrustDomain
-from cli import admin_client
-from cli.context import data_directory
-from cli.options import Duration, Moment, cli_actor, data_dir_option
-from cli.output import emit_fields, emit_json, output_option
+from idmint.ca.config import resolve_data_dir
+from idmint.ca.issuance.entries import EntrySpec, EntryStore, EntryView
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.cli import admin_client
+from idmint.cli.context import data_directory
+from idmint.cli.options import Duration, Moment, cli_actor, data_dir_option
+from idmint.cli.output import emit_fields, emit_json, output_option
 
 
 def _print(view: EntryView | dict[str, Any], output: str) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ca.config import load, resolve_data_dir
-from cli.options import data_dir_option
-from cli.output import emit_json, output_option
-from hsm import KeyStore
+from idmint.ca.config import load, resolve_data_dir
+from idmint.cli.options import data_dir_option
+from idmint.cli.output import emit_json, output_option
+from idmint.hsm import KeyStore
 
 
 @click.group()

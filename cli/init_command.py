@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import click
 
-from ca.bootstrap import ExternalToken, initialize
-from ca.config import resolve_data_dir
-from cli.options import data_dir_option
-from cli.output import emit_fields, emit_json, output_option
-from hsm import KeyType
+from idmint.ca.authority.bootstrap import ExternalToken, initialize
+from idmint.ca.config import resolve_data_dir
+from idmint.cli.options import data_dir_option
+from idmint.cli.output import emit_fields, emit_json, output_option
+from idmint.hsm import KeyType
 
 
 @click.command()

@@ -10,17 +10,17 @@ from typing import Any
 
 import click
 
-from cli.audit_commands import audit
-from cli.authority_commands import authority
-from cli.bundle_commands import bundle
-from cli.entry_commands import entry
-from cli.hsm_commands import hsm
-from cli.init_command import init
-from cli.revoke_commands import revoke
-from cli.server_command import server, server_tls
-from cli.svid_commands import svid
-from cli.token_commands import token
 from idmint import __version__
+from idmint.cli.audit_commands import audit
+from idmint.cli.authority_commands import authority
+from idmint.cli.bundle_commands import bundle
+from idmint.cli.entry_commands import entry
+from idmint.cli.hsm_commands import hsm
+from idmint.cli.init_command import init
+from idmint.cli.revoke_commands import revoke
+from idmint.cli.server_command import server, server_tls
+from idmint.cli.svid_commands import svid
+from idmint.cli.token_commands import token
 from idmint.errors import IdmintError
 
 

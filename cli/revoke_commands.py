@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from ca.config import resolve_data_dir
-from ca.revocation import REASONS, revoke_credential, revoke_entry
-from ca.storage.models import CredentialKind
-from cli import admin_client
-from cli.context import data_directory
-from cli.options import cli_actor, data_dir_option
-from cli.output import emit_json, output_option
+from idmint.ca.config import resolve_data_dir
+from idmint.ca.revocation.revocations import REASONS, revoke_credential, revoke_entry
+from idmint.ca.storage.models import CredentialKind
+from idmint.cli import admin_client
+from idmint.cli.context import data_directory
+from idmint.cli.options import cli_actor, data_dir_option
+from idmint.cli.output import emit_json, output_option
 
 reason_option = click.option(
     "--reason", type=click.Choice(sorted(REASONS)), default="unspecified", show_default=True
@@ -84,9 +84,9 @@ def entry_command(data_dir: str | None, entry_id: str, reason: str, output: str)
 @output_option
 def authority_command(data_dir: str | None, authority_id: int, output: str) -> None:
     """Drop an authority from the bundle now (same as idmint authority revoke)."""
-    from ca.rotation import describe
-    from ca.rotation import revoke as revoke_authority
-    from hsm import KeyStore
+    from idmint.ca.authority.rotation import describe
+    from idmint.ca.authority.rotation import revoke as revoke_authority
+    from idmint.hsm import KeyStore
 
     directory = resolve_data_dir(data_dir)
     if admin_client.available(directory):

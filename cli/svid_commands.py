@@ -20,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.errors import CAError
-from cli.output import emit_json, output_option
+from idmint.ca.errors import CAError
+from idmint.cli.output import emit_json, output_option
 
 
 class ServerRefused(CAError):
@@ -186,7 +186,7 @@ def x509_command(
     else:
         click.echo(f"{issued['spiffe_id']} until {issued['expires_at']} -> {directory}")
     if watch:
-        from cli.watch import Watcher
+        from idmint.cli.watch import Watcher
 
         Watcher(
             server, bundle, directory, key, issued, renew_at, run, signal_pid, signal_name
@@ -267,13 +267,13 @@ def jwt_command(
     if svid_dir:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-        from ca.pop import jwt_payload, make_proof
+        from idmint.ca.issuance.pop import jwt_payload, make_proof
 
         chain = (Path(svid_dir) / "svid.pem").read_text()
         key = load_pem_private_key((Path(svid_dir) / "svid.key").read_bytes(), None)
         body["proof"] = make_proof(chain, key, "jwt-svid", jwt_payload(audiences))
     elif ci:
-        from cli.ci_tokens import github_token, gitlab_token
+        from idmint.cli.ci_tokens import github_token, gitlab_token
 
         token = github_token(ci_audience) if ci == "github" else gitlab_token(ci_token_variable)
         body["attestation"] = {"type": "oidc", "token": token}

@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import click
 
-from ca.config import resolve_data_dir
-from ca.ledgers import JoinTokens
-from ca.spiffe_id import TrustDomain
-from cli import admin_client
-from cli.context import data_directory
-from cli.options import Duration, cli_actor, data_dir_option
-from cli.output import emit_json, output_option
+from idmint.ca.config import resolve_data_dir
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage.ledgers import JoinTokens
+from idmint.cli import admin_client
+from idmint.cli.context import data_directory
+from idmint.cli.options import Duration, cli_actor, data_dir_option
+from idmint.cli.output import emit_json, output_option
 
 
 @click.group()

@@ -21,7 +21,7 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.pop import make_proof
+from idmint.ca.issuance.pop import make_proof
 
 STATUS_EVERY = 30.0
 BACKOFF_MAX = 60.0
@@ -63,7 +63,7 @@ class Watcher:
         return start + life * self.renew_at + jitter
 
     def _renew(self) -> None:
-        from cli.svid_commands import _new_key_and_csr, _post, _write_svid
+        from idmint.cli.svid_commands import _new_key_and_csr, _post, _write_svid
 
         key, csr = _new_key_and_csr()
         proof = make_proof(self.issued["chain_pem"], self.key, "x509-renew", csr.encode())
@@ -86,7 +86,7 @@ class Watcher:
                 click.echo(f"process {self.signal_pid} is gone; not signalled", err=True)
 
     def _told_to_renew(self) -> bool:
-        from cli.svid_commands import _post
+        from idmint.cli.svid_commands import _post
 
         status = _post(
             self.server, self.bundle, "/v1/svid/x509/status", {"chain": self.issued["chain_pem"]}

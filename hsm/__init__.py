@@ -3,8 +3,8 @@
 Depends on nothing else of idmint's but the root of the error tree.
 """
 
-from hsm.config import HSMConfig, Pin, read_pin
-from hsm.errors import (
+from idmint.hsm.config import HSMConfig, Pin, read_pin
+from idmint.hsm.errors import (
     HSMError,
     KeyExists,
     KeyNotFound,
@@ -15,14 +15,14 @@ from hsm.errors import (
     TokenNotFound,
     UnsupportedMechanism,
 )
-from hsm.keys import (
+from idmint.hsm.keys import (
     HSMEd25519PrivateKey,
     HSMEllipticCurvePrivateKey,
     HSMPrivateKey,
     HSMRSAPrivateKey,
 )
-from hsm.keystore import KeyInfo, KeyStore, open_keystore
-from hsm.keytypes import KeyType
+from idmint.hsm.keystore import KeyInfo, KeyStore, open_keystore
+from idmint.hsm.keytypes import KeyType
 
 __all__ = [
     "HSMConfig",

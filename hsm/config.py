@@ -12,8 +12,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hsm.errors import ModuleNotFound, PinError
-from hsm.uri import PKCS11URI
+from idmint.hsm.errors import ModuleNotFound, PinError
+from idmint.hsm.uri import PKCS11URI
 
 PIN_ENV = "IDMINT_HSM_PIN"
 MODULE_ENV = "IDMINT_PKCS11_MODULE"

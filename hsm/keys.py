@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from pkcs11 import MGF, Mechanism
 
-from hsm.errors import UnsupportedMechanism
-from hsm.keytypes import KeyType, check_jws_algorithm
+from idmint.hsm.errors import UnsupportedMechanism
+from idmint.hsm.keytypes import KeyType, check_jws_algorithm
 
 if TYPE_CHECKING:
-    from hsm.keystore import KeyStore, PublicKey
+    from idmint.hsm.keystore import KeyStore, PublicKey
 
 _RSA_PKCS = {
     "sha256": Mechanism.SHA256_RSA_PKCS,

@@ -28,9 +28,9 @@ from pkcs11 import KeyType as P11KeyType
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key
 
-from hsm import module as modules
-from hsm.config import HSMConfig, Pin, read_pin, resolve_module
-from hsm.errors import (
+from idmint.hsm import module as modules
+from idmint.hsm.config import HSMConfig, Pin, read_pin, resolve_module
+from idmint.hsm.errors import (
     HSMError,
     KeyExists,
     KeyNotFound,
@@ -39,12 +39,12 @@ from hsm.errors import (
     TokenNotFound,
     UnsupportedMechanism,
 )
-from hsm.keytypes import KEY_SPECS, KeyType, ec_params
-from hsm.pool import SESSION_LOST_ERRORS, PooledSession, SessionPool
-from hsm.uri import PKCS11URI
+from idmint.hsm.keytypes import KEY_SPECS, KeyType, ec_params
+from idmint.hsm.pool import SESSION_LOST_ERRORS, PooledSession, SessionPool
+from idmint.hsm.uri import PKCS11URI
 
 if TYPE_CHECKING:
-    from hsm.keys import AnyHSMKey
+    from idmint.hsm.keys import AnyHSMKey
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
@@ -385,7 +385,7 @@ class KeyStore:
         self, label: str | None = None, *, key_id: bytes | None = None, uri: str | None = None
     ) -> AnyHSMKey:
         """The private key by label, CKA_ID or RFC 7512 URI, as a cryptography key."""
-        from hsm.keys import make_private_key
+        from idmint.hsm.keys import make_private_key
 
         found_id = self._locate(label, key_id, uri)
         key_type, public_key = self._public_key(found_id)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hsm.errors import UnsupportedMechanism
+from idmint.hsm.errors import UnsupportedMechanism
 
 # DER of OID 1.3.101.112 (id-Ed25519, RFC 8410), SoftHSM's CKA_EC_PARAMS for
 # Ed25519; asn1crypto's named-curve table does not know it.

@@ -16,8 +16,8 @@ from typing import Any
 
 import pkcs11
 
-from hsm import _cryptoki
-from hsm.errors import HSMError, ModuleNotFound
+from idmint.hsm import _cryptoki
+from idmint.hsm.errors import HSMError, ModuleNotFound
 
 
 @dataclass

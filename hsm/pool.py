@@ -25,10 +25,10 @@ from typing import Any
 import pkcs11
 from pkcs11 import exceptions as p11
 
-from hsm import _cryptoki
-from hsm.config import Pin
-from hsm.errors import PinError, SessionLost, TokenNotFound
-from hsm.module import LoadedModule
+from idmint.hsm import _cryptoki
+from idmint.hsm.config import Pin
+from idmint.hsm.errors import PinError, SessionLost, TokenNotFound
+from idmint.hsm.module import LoadedModule
 
 #: Errors after which a session (or our login) cannot be trusted any more.
 SESSION_LOST_ERRORS: tuple[type[Exception], ...] = (

@@ -13,10 +13,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsm import _cryptoki
-from hsm import module as modules
-from hsm.config import HSMConfig, find_softhsm
-from hsm.errors import HSMError
+from idmint.hsm import _cryptoki
+from idmint.hsm import module as modules
+from idmint.hsm.config import HSMConfig, find_softhsm
+from idmint.hsm.errors import HSMError
 
 CONF_NAME = "softhsm2.conf"
 TOKENS_DIR = "tokens"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
-from hsm.errors import HSMError
+from idmint.hsm.errors import HSMError
 
 _PATH_ATTRIBUTES = frozenset(
     {

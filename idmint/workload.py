@@ -207,7 +207,7 @@ class Workload(_Contexts):
 
     def renew(self) -> SVID:
         assert self.svid is not None and self._key is not None
-        from ca.pop import make_proof
+        from idmint.ca.issuance.pop import make_proof
 
         key, csr = _key_and_csr()
 

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ca.spiffe_id import TrustDomain
-from ca.storage.db import Database
-from hsm import KeyStore
-from hsm.config import SOFTHSM_PATHS
-from hsm.softhsm import SoftHSMToken, create_token
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage.db import Database
+from idmint.hsm import KeyStore
+from idmint.hsm.config import SOFTHSM_PATHS
+from idmint.hsm.softhsm import SoftHSMToken, create_token
 
 if TYPE_CHECKING:
-    from ca.entries import EntryStore
-    from ca.issuer import Issuer
+    from idmint.ca.issuance.entries import EntryStore
+    from idmint.ca.issuance.issuer import Issuer
 
 SOFTHSM_AVAILABLE = any(Path(p).is_file() for p in SOFTHSM_PATHS)
 
@@ -82,7 +82,7 @@ def pg_server() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database: SQLite in a temp dir, then a fresh PostgreSQL database."""
-    from ca.storage.db import migrate
+    from idmint.ca.storage.db import migrate
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'idmint.db'}"
@@ -115,7 +115,7 @@ def trust_domain() -> TrustDomain:
 @pytest.fixture
 def authorities(keystore: KeyStore, database: Database) -> None:
     """An active root, intermediate and JWT authority."""
-    from ca.authority import create_root, ensure_authorities
+    from idmint.ca.authority.authorities import create_root, ensure_authorities
 
     create_root(keystore, database, TRUST_DOMAIN)
     ensure_authorities(keystore, database, TRUST_DOMAIN)
@@ -126,7 +126,7 @@ def issuer(
     keystore: KeyStore, database: Database, authorities: None, trust_domain: TrustDomain
 ) -> Iterator[Issuer]:
     """An issuer with no caching, so tests see their own changes at once."""
-    from ca.issuer import Issuer
+    from idmint.ca.issuance.issuer import Issuer
 
     made = Issuer(keystore, database, trust_domain, "https://idmint.test", cache_seconds=0)
     yield made
@@ -135,6 +135,6 @@ def issuer(
 
 @pytest.fixture
 def entries(database: Database, trust_domain: TrustDomain) -> EntryStore:
-    from ca.entries import EntryStore
+    from idmint.ca.issuance.entries import EntryStore
 
     return EntryStore(database, trust_domain)

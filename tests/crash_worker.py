@@ -14,12 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.config import load
-from ca.entries import EntrySpec, EntryStore
-from ca.revocation import revoke_credential
-from ca.rotation import InvalidTransition, RotationPolicy, activate, prepare
-from ca.service import CAService
-from ca.storage.models import AuthorityKind, CredentialKind
+from idmint.ca.authority.authorities import authorities
+from idmint.ca.authority.rotation import InvalidTransition, RotationPolicy, activate, prepare
+from idmint.ca.config import load
+from idmint.ca.issuance.entries import EntrySpec, EntryStore
+from idmint.ca.revocation.revocations import revoke_credential
+from idmint.ca.service import CAService
+from idmint.ca.storage.models import AuthorityKind, CredentialKind
 
 
 def main(data_dir: str) -> None:
@@ -58,9 +59,7 @@ def main(data_dir: str) -> None:
             # A prepared one left over by an earlier kill: activate it.
             print(f"recovering: {exc}", flush=True)
             waiting = [
-                a
-                for a in __import__("ca.authority").authority.authorities(service.database, kind)
-                if a.state.value == "prepared"
+                a for a in authorities(service.database, kind) if a.state.value == "prepared"
             ]
             if waiting:
                 activate(service.database, waiting[-1].id, "crash")

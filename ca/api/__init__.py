@@ -7,10 +7,10 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from ca.api import admin, bundle, health, revocation, svid
-from ca.api.openapi import document
-from ca.api.problems import from_error, from_http
-from ca.config import CAConfig
+from idmint.ca.api import admin, bundle, health, revocation, svid
+from idmint.ca.api.openapi import document
+from idmint.ca.api.problems import from_error, from_http
+from idmint.ca.config import CAConfig
 from idmint.errors import IdmintError
 
 MAX_REQUEST_BYTES = 64 * 1024

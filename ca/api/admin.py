@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from ca.api.auth import require_admin
-from ca.api.context import state
-from ca.api.svid import BadRequest, body
-from ca.entries import EntrySpec
+from idmint.ca.api.auth import require_admin
+from idmint.ca.api.context import state
+from idmint.ca.api.svid import BadRequest, body
+from idmint.ca.issuance.entries import EntrySpec
 
 blueprint = Blueprint("admin", __name__)
 

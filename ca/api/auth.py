@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 from flask import request
 
-from ca.api.context import state
-from ca.errors import CAError
-from ca.pop import verify_proof
+from idmint.ca.api.context import state
+from idmint.ca.errors import CAError
+from idmint.ca.issuance.pop import verify_proof
 
 PROOF_HEADER = "X-Idmint-Proof"
 
@@ -76,7 +76,7 @@ def require_admin() -> str:
     proven = verify_proof(
         proof, "admin", request_payload(), issuer.bundle().roots, now, issuer.is_revoked
     )
-    from ca.api.svid import check_issuers
+    from idmint.ca.api.svid import check_issuers
 
     check_issuers(issuer, proven)
     api.used.spend([proven.replay_key], now)

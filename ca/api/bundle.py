@@ -12,8 +12,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from ca.api.context import state
-from ca.authority import JWT_KEY_TYPES
+from idmint.ca.api.context import state
+from idmint.ca.authority.authorities import JWT_KEY_TYPES
 
 blueprint = Blueprint("bundle", __name__)
 
@@ -26,7 +26,7 @@ def bundle() -> Any:
     if fmt == "pem":
         return Response(current.pem(), mimetype="application/x-pem-file")
     if fmt != "jwks":
-        from ca.api.svid import BadRequest
+        from idmint.ca.api.svid import BadRequest
 
         raise BadRequest(f"format {fmt!r} is not one of jwks, pem")
     response = jsonify(current.jwks())

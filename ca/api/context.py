@@ -15,15 +15,15 @@ from typing import Any
 
 from flask import current_app
 
-from attestation import Attested, Attestor, get_attestor_class
-from attestation.join_token import JoinTokenAttestor, JoinTokenLedger
-from attestation.k8s_psat import KubernetesPSATAttestor
-from attestation.oidc import OIDCAttestor
-from attestation.x509pop import X509PoPAttestor
-from ca.config import CAConfig
-from ca.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
-from ca.service import CAService
-from ca.writer import WriterClient
+from idmint.attestation import Attested, Attestor, get_attestor_class
+from idmint.attestation.join_token import JoinTokenAttestor, JoinTokenLedger
+from idmint.attestation.k8s_psat import KubernetesPSATAttestor
+from idmint.attestation.oidc import OIDCAttestor
+from idmint.attestation.x509pop import X509PoPAttestor
+from idmint.ca.config import CAConfig
+from idmint.ca.service import CAService
+from idmint.ca.storage.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
+from idmint.ca.storage.writer import WriterClient
 
 
 @dataclass
@@ -38,7 +38,7 @@ class APIState:
 
     def attest(self, evidence: Any, now: datetime | None = None) -> Attested:
         """Run the attestor the evidence names and spend its one-time keys."""
-        from attestation.base import AttestationFailed
+        from idmint.attestation.base import AttestationFailed
 
         if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
             raise AttestationFailed(
@@ -88,7 +88,7 @@ def state() -> APIState:
                 socket_path = app.config.get("IDMINT_WRITER_SOCKET")
                 writer = WriterClient(Path(socket_path)) if socket_path else None
                 service = CAService.open(config, run_migrations=False, recorder=writer)
-                from ca.api import metrics
+                from idmint.ca.api import metrics
 
                 service.keystore.sign_observer = metrics.HSM_SIGN_SECONDS.observe
                 tokens = JoinTokens(service.database, service.trust_domain)
@@ -117,7 +117,7 @@ def _start_rotation(service: CAService) -> None:
     """Each worker checks for due rotations; the database lets one of them act."""
     import logging
 
-    from ca.rotation import RotationPolicy, rotate_due
+    from idmint.ca.authority.rotation import RotationPolicy, rotate_due
 
     log = logging.getLogger("idmint.rotation")
     policy = RotationPolicy.from_config(service.config)

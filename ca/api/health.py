@@ -7,9 +7,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
-from ca.api import metrics
-from ca.api.context import state
-from ca.storage.models import AuthorityKind
+from idmint.ca.api import metrics
+from idmint.ca.api.context import state
+from idmint.ca.storage.models import AuthorityKind
 from idmint.errors import IdmintError
 
 blueprint = Blueprint("health", __name__)

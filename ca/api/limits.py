@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import current_app
 from limits import parse, storage, strategies
 
-from ca.errors import CAError
+from idmint.ca.errors import CAError
 
 
 class RateLimited(CAError):

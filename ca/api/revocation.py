@@ -12,15 +12,15 @@ from cryptography import x509
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import func, select
 
-from ca.api.auth import require_admin
-from ca.api.context import state
-from ca.api.limits import limit
-from ca.api.svid import BadRequest, body
-from ca.crl import NEXT_UPDATE, build_crl
-from ca.jwtsvid import InvalidJWTSVID, jwks_keys, validate_jwt_svid
-from ca.ocsp import respond
-from ca.revocation import revoke_credential, revoke_entry, revoked_identifiers
-from ca.storage.models import CredentialKind, IssuedCredential, Revocation
+from idmint.ca.api.auth import require_admin
+from idmint.ca.api.context import state
+from idmint.ca.api.limits import limit
+from idmint.ca.api.svid import BadRequest, body
+from idmint.ca.jose.jwtsvid import InvalidJWTSVID, jwks_keys, validate_jwt_svid
+from idmint.ca.revocation.crl import NEXT_UPDATE, build_crl
+from idmint.ca.revocation.ocsp import respond
+from idmint.ca.revocation.revocations import revoke_credential, revoke_entry, revoked_identifiers
+from idmint.ca.storage.models import CredentialKind, IssuedCredential, Revocation
 
 blueprint = Blueprint("revocation", __name__)
 _crl_lock = threading.Lock()
@@ -131,7 +131,7 @@ def revoke() -> Any:
         raise BadRequest("'reason' must be a string")
     service = state().service
     if kind == "authority":
-        from ca.rotation import revoke as revoke_authority
+        from idmint.ca.authority.rotation import revoke as revoke_authority
 
         authority_id = data.get("id")
         if isinstance(authority_id, bool) or not isinstance(authority_id, int):

@@ -8,14 +8,14 @@ from typing import Any
 from cryptography import x509
 from flask import Blueprint, jsonify, request
 
-from attestation.base import AttestationFailed
-from ca.api import metrics
-from ca.api.context import state
-from ca.api.limits import limit
-from ca.csr import check_csr
-from ca.errors import CAError
-from ca.issuer import X509SVID
-from ca.pop import issuer_kid, jwt_payload, verify_proof
+from idmint.attestation.base import AttestationFailed
+from idmint.ca.api import metrics
+from idmint.ca.api.context import state
+from idmint.ca.api.limits import limit
+from idmint.ca.errors import CAError
+from idmint.ca.issuance.issuer import X509SVID
+from idmint.ca.issuance.pop import issuer_kid, jwt_payload, verify_proof
+from idmint.ca.x509.csr import check_csr
 from idmint.errors import IdmintError
 
 blueprint = Blueprint("svid", __name__)

@@ -18,8 +18,8 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from ca.jwtsvid import InvalidJWTSVID, jwks_keys, validate_jwt_svid
-from ca.spiffe_id import TrustDomain
+from idmint.ca.jose.jwtsvid import InvalidJWTSVID, jwks_keys, validate_jwt_svid
+from idmint.ca.spiffe_id import TrustDomain
 
 
 def fetch(url: str, context: ssl.SSLContext) -> Any:

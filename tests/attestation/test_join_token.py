@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from attestation.join_token import TOKEN_PREFIX, new_token
+from idmint.attestation.join_token import TOKEN_PREFIX, new_token
 
 
 def test_tokens_never_look_like_an_option() -> None:

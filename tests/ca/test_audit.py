@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from ca import audit
-from ca.storage.db import Database
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
 
 
 def _append(database: Database, *actions: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from sqlalchemy import func, select
 
-from ca.authority import (
+from idmint.ca.authority.authorities import (
     active,
     authorities,
     create_intermediate,
@@ -18,11 +18,11 @@ from ca.authority import (
     ensure_authorities,
     jwk_thumbprint_kid,
 )
-from ca.bundle import load_bundle
-from ca.errors import CAError
-from ca.storage.db import Database
-from ca.storage.models import AuthorityKind, AuthorityState
-from hsm import KeyStore
+from idmint.ca.errors import CAError
+from idmint.ca.jose.bundle import load_bundle
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import AuthorityKind, AuthorityState
+from idmint.hsm import KeyStore
 
 
 def test_intermediate_chains_to_root_in_openssl(
@@ -92,6 +92,6 @@ def test_unknown_jwt_algorithm_creates_nothing(keystore: KeyStore, database: Dat
         create_jwt_authority(keystore, database, "HS256")
     assert keystore.list_keys() == []
     with database.session() as session:
-        from ca.storage.models import Authority
+        from idmint.ca.storage.models import Authority
 
         assert session.scalar(select(func.count()).select_from(Authority)) == 0

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from ca.audit import verify_database
-from ca.authority import authorities
-from ca.config import load
-from ca.storage.db import Database
-from ca.storage.models import AuthorityKind, AuthorityState, CredentialKind, Revocation
-from hsm import KeyStore
-from hsm.uri import PKCS11URI
+from idmint.ca.authority.authorities import authorities
+from idmint.ca.config import load
+from idmint.ca.storage.audit import verify_database
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import AuthorityKind, AuthorityState, CredentialKind, Revocation
+from idmint.hsm import KeyStore
+from idmint.hsm.uri import PKCS11URI
 
 WORKER = Path(__file__).resolve().parent.parent / "crash_worker.py"
 
@@ -61,7 +61,7 @@ def test_kill_minus_nine_during_rotation_and_revocation(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "idmint.cli.main",
             "init",
             "--data-dir",
             str(data),

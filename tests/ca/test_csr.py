@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ca.csr import CheckedCSR, InvalidCSR, check_csr, check_requested_names
+from idmint.ca.x509.csr import CheckedCSR, InvalidCSR, check_csr, check_requested_names
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "csr"
 WEB = "spiffe://example.org/web"

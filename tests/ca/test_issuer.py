@@ -23,15 +23,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import func, select
 
-from ca.authority import create_root, ensure_authorities
-from ca.entries import EntrySpec, EntryStore, NoMatchingEntry
-from ca.issuer import X509SVID, AudienceNotAllowed, Issuer
-from ca.jwtsvid import InvalidJWTSVID, validate_jwt_svid
-from ca.spiffe_id import TrustDomain
-from ca.storage.db import Database
-from ca.storage.models import AuditEvent, IssuedCredential
-from hsm import KeyStore
+from idmint.ca.authority.authorities import create_root, ensure_authorities
+from idmint.ca.issuance.entries import EntrySpec, EntryStore, NoMatchingEntry
+from idmint.ca.issuance.issuer import X509SVID, AudienceNotAllowed, Issuer
+from idmint.ca.jose.jwtsvid import InvalidJWTSVID, validate_jwt_svid
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import AuditEvent, IssuedCredential
 from idmint.errors import IdmintError
+from idmint.hsm import KeyStore
 from tests.tls import context, handshake, write_svid
 
 WEB = "spiffe://example.org/web"
@@ -154,7 +154,7 @@ def foreign_svid(
 ) -> tuple[str, str]:
     """An SVID from another trust domain (its own CA on the same token, own database)."""
     url = f"sqlite:///{tmp_path / 'other.db'}"
-    from ca.storage.db import migrate
+    from idmint.ca.storage.db import migrate
 
     migrate(url)
     other_db = Database(url)
@@ -232,7 +232,7 @@ def test_jwt_svid_validates_in_pyjwt_from_the_jwks_alone(issuer: Issuer, web_ent
     assert claims["sub"] == WEB and claims["jti"] == svid.jti
     assert 290 <= claims["exp"] - claims["iat"] <= 300
 
-    from ca.jwtsvid import jwks_keys
+    from idmint.ca.jose.jwtsvid import jwks_keys
 
     ours = validate_jwt_svid(
         svid.token,
@@ -293,7 +293,7 @@ def test_issuance_is_recorded_and_audited(
     with database.session() as session:
         rows = {r.identifier: r for r in session.scalars(select(IssuedCredential))}
         actions = [e.action for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
-        from ca.audit import verify_database
+        from idmint.ca.storage.audit import verify_database
 
         assert verify_database(session).events == len(actions)
     assert set(rows) == {x.serial, j.jti}

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ca.jwtsvid import (
+from idmint.ca.jose.jwtsvid import (
     ALGORITHMS,
     InvalidJWTSVID,
     encode_jwt_svid,
@@ -32,7 +32,7 @@ from ca.jwtsvid import (
     jwt_svid_claims,
     validate_jwt_svid,
 )
-from ca.spiffe_id import TrustDomain
+from idmint.ca.spiffe_id import TrustDomain
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 

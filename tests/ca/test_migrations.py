@@ -11,9 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
-from ca import audit
-from ca.storage.db import Database, alembic_config
-from ca.storage.models import AuditEvent, Base
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database, alembic_config
+from idmint.ca.storage.models import AuditEvent, Base
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ca.authority import authorities, create_root, ensure_authorities
-from ca.bundle import load_bundle
-from ca.rotation import (
+from idmint.ca.authority.authorities import authorities, create_root, ensure_authorities
+from idmint.ca.authority.rotation import (
     InvalidTransition,
     RotationPolicy,
     activate,
@@ -21,9 +20,10 @@ from ca.rotation import (
     rotate_due,
     taint,
 )
-from ca.storage.db import Database
-from ca.storage.models import AuthorityKind, AuthorityState
-from hsm import KeyStore
+from idmint.ca.jose.bundle import load_bundle
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import AuthorityKind, AuthorityState
+from idmint.hsm import KeyStore
 
 TD = "example.org"
 POLICY = RotationPolicy(TD)

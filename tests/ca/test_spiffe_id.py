@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca.spiffe_id import InvalidSpiffeID, SpiffeID, TrustDomain
+from idmint.ca.spiffe_id import InvalidSpiffeID, SpiffeID, TrustDomain
 from idmint.errors import IdmintError
 
 TRUST_DOMAIN_CHARS = string.ascii_lowercase + string.digits + ".-_"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from ca.storage.db import Database, migrate
+from idmint.ca.storage.db import Database, migrate
 
 
 def _hold_turn(database: Database, entered: object, release: object) -> None:

@@ -21,16 +21,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select, text
 
-from attestation.base import AttestationFailed, EvidenceReplayed
-from ca import audit
-from ca.entries import EntrySpec, EntryStore, NoMatchingEntry
-from ca.issuer import Issuer
-from ca.ledgers import JoinTokens
-from ca.spiffe_id import TrustDomain
-from ca.storage.db import Database
-from ca.storage.models import AuditEvent, IssuedCredential, JoinToken
-from ca.writer import WriterClient, WriterServer, WriterUnavailable
-from hsm import KeyStore
+from idmint.attestation.base import AttestationFailed, EvidenceReplayed
+from idmint.ca.issuance.entries import EntrySpec, EntryStore, NoMatchingEntry
+from idmint.ca.issuance.issuer import Issuer
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.ledgers import JoinTokens
+from idmint.ca.storage.models import AuditEvent, IssuedCredential, JoinToken
+from idmint.ca.storage.writer import WriterClient, WriterServer, WriterUnavailable
+from idmint.hsm import KeyStore
 from tests.server.conftest import csr_pem
 
 SPIFFE_ID = "spiffe://example.org/writer"
@@ -73,7 +73,7 @@ def tokens(database: Database, entries: EntryStore, trust_domain: TrustDomain) -
 
 
 def _hash(token: str) -> str:
-    from attestation.join_token import token_hash
+    from idmint.attestation.join_token import token_hash
 
     return token_hash(token)
 
@@ -205,7 +205,7 @@ def test_a_database_failure_is_an_answer_and_the_writer_keeps_serving(
 def test_a_spend_and_garbage_in_one_write_do_not_stop_the_writer(
     client: WriterClient, writer: WriterServer, tokens: JoinTokens
 ) -> None:
-    from ca.writer import _frame
+    from idmint.ca.storage.writer import _frame
 
     issued = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from ca.profiles import CLOCK_SKEW, random_serial, root_certificate, signature_hash
-from ca.x509svid import InvalidValidity, leaf_certificate, svid_window
+from idmint.ca.x509.profiles import CLOCK_SKEW, random_serial, root_certificate, signature_hash
+from idmint.ca.x509.x509svid import InvalidValidity, leaf_certificate, svid_window
 from tests.tls import context, handshake, write_svid
 
 TRUST_DOMAIN = "example.org"

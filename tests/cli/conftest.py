@@ -15,7 +15,7 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 def _command() -> list[str]:
     script = Path(sys.executable).parent / "idmint"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "idmint.cli.main"]
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import click
 import pytest
 from cryptography import x509
 
-from cli.main import cli
-from hsm.softhsm import SoftHSMToken
+from idmint.cli.main import cli
+from idmint.hsm.softhsm import SoftHSMToken
 from tests.cli.conftest import Runner
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from cryptography.hazmat.primitives.asymmetric import ec
 from gunicorn.sock import ssl_context
 
-from cli.server_command import _reused_ssl_context
+from idmint.ca.server.app import reused_ssl_context
 from tests.tls import private_pem, self_signed
 
 
@@ -29,7 +29,7 @@ def _conf(directory: Path) -> SimpleNamespace:
         cert_reqs=ssl.CERT_NONE,
         ciphers=None,
         http_protocols=None,
-        ssl_context=_reused_ssl_context,
+        ssl_context=reused_ssl_context,
     )
 
 

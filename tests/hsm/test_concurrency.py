@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256
 from pkcs11 import Mechanism
 
-from hsm import KeyStore, KeyType
+from idmint.hsm import KeyStore, KeyType
 
 THREADS = 8
 SIGNATURES_PER_THREAD = 2000

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pkcs11 import Mechanism
 
-from hsm import (
+from idmint.errors import IdmintError
+from idmint.hsm import (
     HSMConfig,
     KeyExists,
     KeyNotFound,
@@ -20,9 +21,8 @@ from hsm import (
     TokenNotFound,
     UnsupportedMechanism,
 )
-from hsm.config import read_pin
-from hsm.softhsm import SoftHSMToken
-from idmint.errors import IdmintError
+from idmint.hsm.config import read_pin
+from idmint.hsm.softhsm import SoftHSMToken
 
 
 def test_wrong_pin_is_refused_without_echoing_it(token: SoftHSMToken, no_pin_env: None) -> None:

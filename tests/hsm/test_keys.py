@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from hsm import (
+from idmint.hsm import (
     HSMEd25519PrivateKey,
     HSMEllipticCurvePrivateKey,
     HSMRSAPrivateKey,

@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.hashes import SHA256
 
-from hsm import KeyNotFound, KeyStore, KeyType, PinError, _cryptoki
-from hsm.softhsm import SoftHSMToken
+from idmint.hsm import KeyNotFound, KeyStore, KeyType, PinError, _cryptoki
+from idmint.hsm.softhsm import SoftHSMToken
 
 # When a search meets a session the token already closed, python-pkcs11 0.10
 # raises SessionHandleInvalid (which we handle) and later, from the search

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hsm.uri import PKCS11URI, InvalidURI
+from idmint.hsm.uri import PKCS11URI, InvalidURI
 
 
 def test_parse_token_and_object() -> None:

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from ca.pop import make_proof
-from cli.admin_client import call as admin_call
+from idmint.ca.issuance.pop import make_proof
+from idmint.cli.admin_client import call as admin_call
 
 OIDC_ISSUER = "https://ci.example.test"
 K8S_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -325,7 +325,7 @@ def _free_port() -> int:
 
 def _idmint() -> list[str]:
     script = Path(sys.executable).parent / "idmint"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "idmint.cli.main"]
 
 
 def init_data_dir(data: Path, trust_domain: str = "example.org") -> Path:

@@ -18,8 +18,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attestation.x509pop import sign_nonce
-from ca.pop import make_proof
+from idmint.attestation.x509pop import sign_nonce
+from idmint.ca.issuance.pop import make_proof
 from tests.server.conftest import (
     Server,
     _idmint,

@@ -21,14 +21,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from ca.audit import verify_database
-from ca.authority import authorities
-from ca.config import load
-from ca.storage.db import Database
-from ca.storage.models import AuthorityKind, AuthorityState, CredentialKind, Revocation
-from cli.admin_client import call
-from hsm import KeyStore
-from hsm.uri import PKCS11URI
+from idmint.ca.authority.authorities import authorities
+from idmint.ca.config import load
+from idmint.ca.storage.audit import verify_database
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import AuthorityKind, AuthorityState, CredentialKind, Revocation
+from idmint.cli.admin_client import call
+from idmint.hsm import KeyStore
+from idmint.hsm.uri import PKCS11URI
 from tests.server.conftest import Server, clean_env, start_server
 
 IDMINT = str(Path(sys.executable).parent / "idmint")

@@ -10,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from ca.api.openapi import document
+from idmint.ca.api.openapi import document
 from tests.server.conftest import Server
 
 schema = schemathesis.openapi.from_dict(document())

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ca.pop import jwt_payload, make_proof
+from idmint.ca.issuance.pop import jwt_payload, make_proof
 from tests.server.conftest import Server, csr_pem
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -140,7 +140,7 @@ def test_a_bad_csr_does_not_burn_the_join_token(server: Server) -> None:
 
 
 def test_huge_ttls_are_refused_cleanly(server: Server) -> None:
-    from cli.admin_client import AdminAPIError
+    from idmint.cli.admin_client import AdminAPIError
 
     with pytest.raises(AdminAPIError, match="outside 1-604800 seconds"):
         server.admin(

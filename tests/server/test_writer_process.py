@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ca.audit import verify_database
-from ca.config import load
-from ca.storage.db import Database
-from ca.storage.models import IssuedCredential
+from idmint.ca.config import load
+from idmint.ca.storage.audit import verify_database
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import IssuedCredential
 from tests.server.conftest import Server, init_data_dir, start_server
 
 
@@ -26,7 +26,7 @@ def _writer_pid(data: Path) -> int:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"ca.writer" in command and str(data).encode() in command:
+        if b"idmint.ca.storage.writer" in command and str(data).encode() in command:
             return int(entry.name)
     raise AssertionError(f"no writer process for {data}")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from ca.storage.db import make_engine
-from ca.storage.models import Base
+from idmint.ca.storage.db import make_engine
+from idmint.ca.storage.models import Base
 
 url = context.config.get_main_option("sqlalchemy.url")
 assert url is not None

@@ -34,8 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ca import audit
-from ca.authority import (
+from idmint.ca.authority.authorities import (
     AuthorityConflict,
     authorities,
     bump_bundle_sequence,
@@ -44,12 +43,13 @@ from ca.authority import (
     create_root,
     jwt_algorithm,
 )
-from ca.config import CAConfig
-from ca.errors import CAError
-from ca.storage.db import Database
-from ca.storage.models import Authority, AuthorityKind, AuthorityState
-from hsm import KeyStore, KeyType
-from hsm.uri import PKCS11URI
+from idmint.ca.config import CAConfig
+from idmint.ca.errors import CAError
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState
+from idmint.hsm import KeyStore, KeyType
+from idmint.hsm.uri import PKCS11URI
 
 #: Longest credential an authority may have signed: an X509-SVID TTL is at
 #: most 60 min, a JWT-SVID's 15 min. A retired authority stays this long.
@@ -325,7 +325,7 @@ def _destroy_key(keystore: KeyStore, key_uri: str) -> None:
     key_id = PKCS11URI.parse(key_uri).id
     if key_id is None:
         return
-    from hsm import KeyNotFound
+    from idmint.hsm import KeyNotFound
 
     try:
         keystore.destroy(key_id)

@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from attestation.base import AttestationFailed, EvidenceReplayed
-from attestation.join_token import new_token, token_hash
-from ca import audit
-from ca.entries import InvalidEntry
-from ca.errors import CAError
-from ca.spiffe_id import SpiffeID, TrustDomain
-from ca.storage.db import Database, driver_sql, time_binder
-from ca.storage.models import Entry, JoinToken, Nonce, UsedEvidence
+from idmint.attestation.base import AttestationFailed, EvidenceReplayed
+from idmint.attestation.join_token import new_token, token_hash
+from idmint.ca.errors import CAError
+from idmint.ca.issuance.entries import InvalidEntry
+from idmint.ca.spiffe_id import SpiffeID, TrustDomain
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database, driver_sql, time_binder
+from idmint.ca.storage.models import Entry, JoinToken, Nonce, UsedEvidence
 
 JOIN_TOKEN_TTL_RANGE = (timedelta(minutes=1), timedelta(days=7))
 NONCE_TTL = timedelta(minutes=2)

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-from ca.errors import CAError
+from idmint.ca.errors import CAError
 
 #: Curves a workload key may use, by OpenSSL name, with the name users know.
 CURVES: dict[str, str] = {"secp256r1": "P-256", "secp384r1": "P-384"}

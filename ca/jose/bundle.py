@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
-from ca.storage.db import Database
-from ca.storage.models import Authority, AuthorityKind, AuthorityState, BundleState
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState, BundleState
 
 #: Authorities in these states are published: a prepared one before anything
 #: uses it, a retired or tainted one until nothing it signed can still validate.

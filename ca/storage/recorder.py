@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
-from ca import audit
-from ca.storage.db import Database, bulk_insert, time_binder
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database, bulk_insert, time_binder
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from ca.errors import CAError
-from ca.profiles import CLOCK_SKEW
+from idmint.ca.errors import CAError
+from idmint.ca.x509.profiles import CLOCK_SKEW
 
 LeafPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 

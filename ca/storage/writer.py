@@ -48,13 +48,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from attestation.base import AttestationFailed, EvidenceReplayed
-from ca import audit
-from ca.errors import CAError
-from ca.ledgers import UsedEvidenceLedger, join_token_refusal, spend_join_token
-from ca.recorder import write_batch
-from ca.storage.db import Database
-from ca.storage.models import CredentialKind
+from idmint.attestation.base import AttestationFailed, EvidenceReplayed
+from idmint.ca.errors import CAError
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.ledgers import UsedEvidenceLedger, join_token_refusal, spend_join_token
+from idmint.ca.storage.models import CredentialKind
+from idmint.ca.storage.recorder import write_batch
 from idmint.errors import IdmintError
 
 log = logging.getLogger(__name__)
@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
     import signal
 
-    from ca.config import load
+    from idmint.ca.config import load
 
     parser = argparse.ArgumentParser(prog="idmint-writer", description=__doc__.splitlines()[0])
     parser.add_argument("data_dir")

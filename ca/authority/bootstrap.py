@@ -15,17 +15,17 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ca import config as ca_config
-from ca.authority import RootInfo, authorities, create_root, describe_root
-from ca.errors import AlreadyInitialized
-from ca.spiffe_id import TrustDomain
-from ca.storage.db import Database, migrate
-from ca.storage.models import AuthorityKind
-from hsm import HSMConfig, KeyStore, KeyType
-from hsm.config import resolve_module
-from hsm.softhsm import create_token
-from hsm.uri import PKCS11URI
+from idmint.ca import config as ca_config
+from idmint.ca.authority.authorities import RootInfo, authorities, create_root, describe_root
+from idmint.ca.errors import AlreadyInitialized
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage.db import Database, migrate
+from idmint.ca.storage.models import AuthorityKind
 from idmint.errors import ConfigError
+from idmint.hsm import HSMConfig, KeyStore, KeyType
+from idmint.hsm.config import resolve_module
+from idmint.hsm.softhsm import create_token
+from idmint.hsm.uri import PKCS11URI
 
 SOFTHSM_TOKEN_LABEL = "idmint"
 

@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from attestation.base import AttestationFailed
-from attestation.x509pop import verify_signature
+from idmint.attestation.base import AttestationFailed
+from idmint.attestation.x509pop import verify_signature
 
 WINDOW = timedelta(seconds=60)
 _CONTEXT = b"idmint-pop-v1\x00"

@@ -22,22 +22,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from ca import audit
-from ca.authority import active, jwt_algorithm, signing_key
-from ca.bundle import Bundle, load_bundle
-from ca.csr import CheckedCSR, check_csr, check_requested_names
-from ca.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, match
-from ca.errors import CAError
-from ca.jwtsvid import encode_jwt_svid, jwt_svid_claims
-from ca.profiles import random_serial, signature_hash
-from ca.recorder import Recorder, RecordSink
-from ca.spiffe_id import TrustDomain
-from ca.storage.db import Database
-from ca.storage.models import Authority, AuthorityKind, CredentialKind, Revocation
-from ca.x509svid import leaf_certificate, svid_window
-from hsm import KeyStore
-from hsm.keys import AnyHSMKey
+from idmint.ca.authority.authorities import active, jwt_algorithm, signing_key
+from idmint.ca.errors import CAError
+from idmint.ca.issuance.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, match
+from idmint.ca.jose.bundle import Bundle, load_bundle
+from idmint.ca.jose.jwtsvid import encode_jwt_svid, jwt_svid_claims
+from idmint.ca.spiffe_id import TrustDomain
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import Authority, AuthorityKind, CredentialKind, Revocation
+from idmint.ca.storage.recorder import Recorder, RecordSink
+from idmint.ca.x509.csr import CheckedCSR, check_csr, check_requested_names
+from idmint.ca.x509.profiles import random_serial, signature_hash
+from idmint.ca.x509.x509svid import leaf_certificate, svid_window
 from idmint.errors import IdmintError
+from idmint.hsm import KeyStore
+from idmint.hsm.keys import AnyHSMKey
 
 Clock = Callable[[], datetime]
 

@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ca import audit
-from ca.errors import CAError
-from ca.spiffe_id import SpiffeID, TrustDomain
-from ca.storage.db import Database
-from ca.storage.models import Entry
+from idmint.ca.errors import CAError
+from idmint.ca.spiffe_id import SpiffeID, TrustDomain
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import Entry
 
 X509_TTL_DEFAULT = timedelta(minutes=10)
 X509_TTL_RANGE = (timedelta(minutes=1), timedelta(minutes=60))

@@ -17,12 +17,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.authority import active, signing_key
-from ca.bundle import load_bundle
-from ca.profiles import server_certificate, signature_hash
-from ca.storage.db import Database
-from ca.storage.models import AuthorityKind
-from hsm import KeyStore
+from idmint.ca.authority.authorities import active, signing_key
+from idmint.ca.jose.bundle import load_bundle
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import AuthorityKind
+from idmint.ca.x509.profiles import server_certificate, signature_hash
+from idmint.hsm import KeyStore
 
 
 @dataclass(frozen=True)

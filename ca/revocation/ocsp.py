@@ -15,8 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from ca.crl import reason_flag
-from ca.profiles import signature_hash
+from idmint.ca.revocation.crl import reason_flag
+from idmint.ca.x509.profiles import signature_hash
 
 VALIDITY = timedelta(minutes=5)
 

@@ -20,11 +20,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ca import audit
-from ca.entries import EntryNotFound
-from ca.errors import CAError
-from ca.storage.db import Database
-from ca.storage.models import CredentialKind, Entry, IssuedCredential, Revocation
+from idmint.ca.errors import CAError
+from idmint.ca.issuance.entries import EntryNotFound
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import CredentialKind, Entry, IssuedCredential, Revocation
 
 REASONS = frozenset(
     {"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"}

@@ -24,14 +24,14 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ca import audit
-from ca.errors import CAError
-from ca.profiles import intermediate_certificate, root_certificate, signature_hash
-from ca.storage.db import Database
-from ca.storage.models import Authority, AuthorityKind, AuthorityState, BundleState
-from hsm import KeyStore, KeyType
-from hsm.keys import AnyHSMKey
-from hsm.uri import PKCS11URI
+from idmint.ca.errors import CAError
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState, BundleState
+from idmint.ca.x509.profiles import intermediate_certificate, root_certificate, signature_hash
+from idmint.hsm import KeyStore, KeyType
+from idmint.hsm.keys import AnyHSMKey
+from idmint.hsm.uri import PKCS11URI
 
 #: Key type behind each JWT-SVID algorithm (RFC 7518 section 3.1).
 JWT_KEY_TYPES = {

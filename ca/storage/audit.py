@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from ca.errors import CAError
-from ca.storage.db import bulk_insert, driver_sql, time_binder
-from ca.storage.models import AuditEvent, AuditHead
+from idmint.ca.errors import CAError
+from idmint.ca.storage.db import bulk_insert, driver_sql, time_binder
+from idmint.ca.storage.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
 _COLUMNS = ("seq", "at", "actor", "action", "subject", "outcome", "detail", "prev_hash", "hash")

@@ -36,8 +36,8 @@ from typing import Any
 import josepy
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ca.errors import CAError
-from ca.spiffe_id import InvalidSpiffeID, SpiffeID, TrustDomain
+from idmint.ca.errors import CAError
+from idmint.ca.spiffe_id import InvalidSpiffeID, SpiffeID, TrustDomain
 
 #: A bundle key that can verify JWT-SVIDs.
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey

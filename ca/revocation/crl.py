@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.profiles import signature_hash
+from idmint.ca.x509.profiles import signature_hash
 
 NEXT_UPDATE = timedelta(minutes=5)
 _REASONS = {

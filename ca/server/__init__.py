@@ -1,0 +1,1 @@
+"""The server process: gunicorn workers, the writer process, TLS renewal."""
