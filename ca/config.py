@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,122 @@ CONFIG_NAME = "idmint.toml"
 DATABASE_NAME = "idmint.db"
 HSM_DIR = "hsm"
 DATA_DIR_ENV = "IDMINT_DATA_DIR"
+
+
+#: ``[limits]`` levels (the names used in metrics and answers) and their keys in the file.
+LIMIT_KEYS = {
+    "address": "per_address",
+    "identity": "per_identity",
+    "trust_domain": "trust_domain",
+    "attestation": "attestation",
+}
+LIMIT_STRATEGIES = ("moving-window", "fixed-window", "sliding-window-counter")
+ON_STORAGE_ERROR = ("open-local", "closed")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """The ``[limits]`` section: where the counters live and the rule of each level.
+
+    A rule is text the ``limits`` library parses (``"10/minute"``, several
+    joined by ``;``); an empty rule turns its level off.
+    """
+
+    #: A ``limits`` storage URI: ``memory://`` (one process), ``redis://``,
+    #: ``redis+sentinel://``, ``memcached://`` (shared by workers and replicas).
+    storage: str = "memory://"
+    strategy: str = "moving-window"
+    #: Every API request, by source address (the default of ``--rate-limit``).
+    per_address: str = "600/minute"
+    #: Requests by one attested identity: the SPIFFE ID it gets or proves.
+    per_identity: str = "600/minute"
+    #: Issuance for the whole trust domain, by every identity together.
+    trust_domain: str = ""
+    #: Attestation attempts by source address; a failed one costs
+    #: ``attestation_failure_cost`` (a guesser of join tokens runs dry first).
+    attestation: str = ""
+    attestation_failure_cost: int = 10
+    #: When the shared store does not answer: count in this process
+    #: (``open-local``) or refuse with 503 (``closed``).
+    on_storage_error: str = "open-local"
+    #: Seconds to wait for the shared store before treating it as down.
+    storage_timeout: float = 0.25
+
+    def rule(self, level: str) -> str:
+        """The rule text of ``level`` (a key of LIMIT_KEYS); empty when it is off."""
+        return str(getattr(self, LIMIT_KEYS[level]))
+
+    def check(self, where: str) -> None:
+        """Raise ConfigError naming the key that is wrong."""
+        from limits import parse_many
+
+        for key in LIMIT_KEYS.values():
+            text = str(getattr(self, key))
+            if not text:
+                continue
+            try:
+                parse_many(text)
+            except ValueError:
+                raise ConfigError(
+                    f"{where}: [limits] {key} = {text!r} is not a rate limit; write it as "
+                    'COUNT/PERIOD (for example "10/minute" or "100/hour;10/minute"), '
+                    'or "" to turn it off'
+                ) from None
+        if self.strategy not in LIMIT_STRATEGIES:
+            raise ConfigError(
+                f"{where}: [limits] strategy = {self.strategy!r}; use one of "
+                + ", ".join(LIMIT_STRATEGIES)
+            )
+        if self.on_storage_error not in ON_STORAGE_ERROR:
+            raise ConfigError(
+                f"{where}: [limits] on_storage_error = {self.on_storage_error!r}; use "
+                '"open-local" (count in each process while the store is down) or "closed" (503)'
+            )
+        if "://" not in self.storage:
+            raise ConfigError(
+                f"{where}: [limits] storage = {self.storage!r} is not a storage URI "
+                "(memory://, redis://HOST:PORT/N, redis+sentinel://..., memcached://HOST:PORT)"
+            )
+        if self.attestation_failure_cost < 1:
+            raise ConfigError(f"{where}: [limits] attestation_failure_cost must be 1 or more")
+        if not self.storage_timeout > 0:
+            raise ConfigError(f"{where}: [limits] storage_timeout must be a positive number")
+
+
+def _limits(section: dict[str, Any], where: str) -> LimitsConfig:
+    known = {f.name for f in fields(LimitsConfig)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: [limits] has no key {unknown[0]!r}; the keys are " + ", ".join(sorted(known))
+        )
+    defaults = LimitsConfig()
+
+    def text(key: str) -> str:
+        value = section.get(key, getattr(defaults, key))
+        return "" if value is None or str(value).strip().lower() == "none" else str(value).strip()
+
+    try:
+        timeout = float(section.get("storage_timeout", defaults.storage_timeout))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: [limits] storage_timeout must be a number of seconds"
+        ) from None
+    made = LimitsConfig(
+        storage=text("storage") or defaults.storage,
+        strategy=text("strategy"),
+        per_address=text("per_address"),
+        per_identity=text("per_identity"),
+        trust_domain=text("trust_domain"),
+        attestation=text("attestation"),
+        attestation_failure_cost=_int(
+            section, "attestation_failure_cost", defaults.attestation_failure_cost, where
+        ),
+        on_storage_error=text("on_storage_error"),
+        storage_timeout=timeout,
+    )
+    made.check(where)
+    return made
 
 
 @dataclass(frozen=True)
@@ -50,6 +166,7 @@ class CAConfig:
     cache_seconds: float = 1.0
     crl_url: str | None = None
     ocsp_url: str | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,7 +204,7 @@ def _with_env(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not name.startswith("IDMINT_") or name in (DATA_DIR_ENV, "IDMINT_HSM_PIN"):
             continue
         parts = name[len("IDMINT_") :].lower().split("_", 1)
-        if len(parts) == 2 and parts[0] in ("ca", "hsm", "database", "server"):
+        if len(parts) == 2 and parts[0] in ("ca", "hsm", "database", "server", "limits"):
             merged.setdefault(parts[0], {})[parts[1]] = value
     return merged
 
@@ -156,7 +273,8 @@ def load(data_dir: str | Path) -> CAConfig:
         cache_seconds=float(ca.get("cache_seconds", 1.0)),
         crl_url=ca.get("crl_url"),
         ocsp_url=ca.get("ocsp_url"),
-        extra={k: v for k, v in sections.items() if k not in ("ca", "hsm", "database")},
+        limits=_limits(sections.get("limits", {}), str(path)),
+        extra={k: v for k, v in sections.items() if k not in ("ca", "hsm", "database", "limits")},
     )
 
 

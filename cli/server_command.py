@@ -17,9 +17,9 @@ from idmint.cli.options import data_dir_option
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Key for --tls-cert.")
 @click.option(
     "--rate-limit",
-    default="600/minute",
-    show_default=True,
-    help="Per address and per identity, per worker ('none' to disable).",
+    default=None,
+    help="Deprecated: set [limits] per_address and per_identity in idmint.toml. "
+    "Replaces both rules ('none' turns them off).",
 )
 def server(
     data_dir: str | None,
@@ -29,12 +29,18 @@ def server(
     sans: tuple[str, ...],
     tls_cert: str | None,
     tls_key: str | None,
-    rate_limit: str,
+    rate_limit: str | None,
 ) -> None:
     """Serve the HTTPS API (gunicorn) and the admin socket DIR/server/admin.sock."""
     from idmint.ca.config import resolve_data_dir
     from idmint.ca.server.app import serve
 
+    if rate_limit is not None:
+        click.echo(
+            "idmint server: --rate-limit is deprecated; set [limits] per_address and "
+            "per_identity in idmint.toml (IDMINT_LIMITS_PER_ADDRESS, ...)",
+            err=True,
+        )
     serve(
         resolve_data_dir(data_dir),
         listen,

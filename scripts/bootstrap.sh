@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what idmint needs on a Debian-like machine, then a virtualenv in .venv.
 #   scripts/bootstrap.sh          runtime: softhsm2, opensc, the package
-#   scripts/bootstrap.sh --test   also PostgreSQL and the test extras
+#   scripts/bootstrap.sh --test   also PostgreSQL, redis-server (shared rate limits) and the test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +9,7 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 packages=(softhsm2 opensc openssl)
-((want_test)) && packages+=(postgresql)
+((want_test)) && packages+=(postgresql redis-server)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -54,7 +54,7 @@ if [[ ! -x .venv/bin/python ]]; then
     fi
 fi
 extras=""
-((want_test)) && extras="[test,postgres]"
+((want_test)) && extras="[test,postgres,redis]"
 log=.venv/install.log
 if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip \
         && .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"; } \

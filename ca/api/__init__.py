@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from idmint.ca.api import admin, bundle, health, revocation, svid
+from idmint.ca.api import admin, bundle, health, limits, revocation, svid
 from idmint.ca.api.openapi import document
 from idmint.ca.api.problems import from_error, from_http
 from idmint.ca.config import CAConfig
@@ -16,24 +16,23 @@ from idmint.errors import IdmintError
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-def create_app(
-    config: CAConfig, rate_limit: str | None = "600/minute", writer_socket: str | None = None
-) -> Flask:
+def create_app(config: CAConfig, writer_socket: str | None = None) -> Flask:
     """A Flask app serving ``config``'s trust domain (services open lazily per process).
 
     ``writer_socket``: the Unix socket of the writer process that makes the
     issuance path's writes (see ca/writer.py); without it each process writes.
+    Rate limits come from ``config.limits`` (the ``[limits]`` section).
     """
     app = Flask("idmint")
     app.config.update(
         IDMINT_CONFIG=config,
         IDMINT_WRITER_SOCKET=writer_socket,
-        IDMINT_RATE_LIMIT=rate_limit,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
     )
     for module in (svid, bundle, admin, health, revocation):
         app.register_blueprint(module.blueprint)
+    limits.init_app(app, limits.Limiter(config.limits, config.trust_domain))
 
     @app.get("/v1/openapi.json")
     def openapi() -> Any:

@@ -20,6 +20,7 @@ from idmint.attestation.join_token import JoinTokenAttestor, JoinTokenLedger
 from idmint.attestation.k8s_psat import KubernetesPSATAttestor
 from idmint.attestation.oidc import OIDCAttestor
 from idmint.attestation.x509pop import X509PoPAttestor
+from idmint.ca.api.limits import attestation_attempt, limit_identity
 from idmint.ca.config import CAConfig
 from idmint.ca.service import CAService
 from idmint.ca.storage.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
@@ -40,18 +41,22 @@ class APIState:
         """Run the attestor the evidence names and spend its one-time keys."""
         from idmint.attestation.base import AttestationFailed
 
-        if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
-            raise AttestationFailed(
-                f"'attestation' must be an object with a 'type' (one of {sorted(self.attestors)})"
-            )
-        kind = evidence["type"]
-        attestor = self.attestors.get(kind)
-        if attestor is None:
-            get_attestor_class(kind)  # unknown type: names the known ones
-            raise AttestationFailed(f"attestation type {kind!r} is not enabled on this server")
-        now = now or datetime.now(UTC)
-        attested = attestor.attest(evidence, now)
-        self.used.spend(attested.replay_keys, now)
+        with attestation_attempt():
+            if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
+                raise AttestationFailed(
+                    "'attestation' must be an object with a 'type' "
+                    f"(one of {sorted(self.attestors)})"
+                )
+            kind = evidence["type"]
+            attestor = self.attestors.get(kind)
+            if attestor is None:
+                get_attestor_class(kind)  # unknown type: names the known ones
+                raise AttestationFailed(f"attestation type {kind!r} is not enabled on this server")
+            now = now or datetime.now(UTC)
+            attested = attestor.attest(evidence, now)
+            # Before the spend: a request over its identity's quota burns nothing.
+            limit_identity(attested.spiffe_id or attested.subject)
+            self.used.spend(attested.replay_keys, now)
         return attested
 
 

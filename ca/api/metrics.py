@@ -34,6 +34,21 @@ HSM_SIGN_SECONDS = Histogram(
     "Time of one HSM signature",
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
 )
+RATE_LIMITED = Counter(
+    "idmint_rate_limited_total", "Requests refused by a rate limit, by level", ["level"]
+)
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "idmint_rate_limit_store_errors_total", "Calls to the shared rate-limit store that failed"
+)
+RATE_LIMIT_STORE_REFUSED = Counter(
+    "idmint_rate_limit_store_refused_total",
+    "Requests refused with 503 because the rate-limit store was down (on_storage_error=closed)",
+)
+RATE_LIMIT_STORE_DOWN = Gauge(
+    "idmint_rate_limit_store_down",
+    "1 while a worker counts without the shared rate-limit store (fallback in use)",
+    multiprocess_mode="livemax",
+)
 AUTHORITY_EXPIRY = Gauge(
     "idmint_authority_expiry_seconds",
     "Seconds until the active authority of each kind expires",

@@ -30,6 +30,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "forbidden": 403,
     "not-found": 404,
     "rate-limited": 429,
+    "rate-limit-store-unavailable": 503,
     "revoked": 403,
     "already-revoked": 409,
     "invalid-transition": 409,

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from idmint.ca.api.auth import require_admin
 from idmint.ca.api.context import state
-from idmint.ca.api.limits import limit
+from idmint.ca.api.limits import limit_address
 from idmint.ca.api.svid import BadRequest, body
 from idmint.ca.jose.jwtsvid import InvalidJWTSVID, jwks_keys, validate_jwt_svid
 from idmint.ca.revocation.crl import NEXT_UPDATE, build_crl
@@ -39,7 +39,7 @@ def _revocation_marker() -> tuple[int, Any]:
 @blueprint.get("/v1/crl")
 def crl() -> Any:
     """The DER CRL of the active issuing authority, signed in the HSM."""
-    limit(request.remote_addr or "-")
+    limit_address()
     issuer = state().service.issuer
     ca = issuer.state().ca
     marker = (ca.row.id, _revocation_marker())
@@ -74,7 +74,7 @@ def _status(serial: str) -> tuple[str, datetime | None, str | None] | None:
 
 
 def _ocsp(request_der: bytes) -> Response:
-    limit(request.remote_addr or "-")
+    limit_address()
     ca = state().service.issuer.state().ca
     issuers: list[tuple[x509.Certificate, object]] = [(ca.certificate, ca.key)]
     der = respond(request_der, issuers, _status, datetime.now(UTC))
@@ -101,7 +101,7 @@ def ocsp_get(encoded: str) -> Any:
 def validate_jwt() -> Any:
     """Validate a JWT-SVID for an audience, honouring revocations (like ValidateJWTSVID)."""
     data = body()
-    limit(request.remote_addr or "-")
+    limit_address()
     token, audience = data.get("token"), data.get("audience")
     if not isinstance(token, str) or not isinstance(audience, str) or not audience:
         raise BadRequest("'token' and 'audience' (strings) are required")

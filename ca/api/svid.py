@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify, request
 from idmint.attestation.base import AttestationFailed
 from idmint.ca.api import metrics
 from idmint.ca.api.context import state
-from idmint.ca.api.limits import limit
+from idmint.ca.api.limits import attestation_attempt, limit_address, limit_identity
 from idmint.ca.errors import CAError
 from idmint.ca.issuance.issuer import X509SVID
 from idmint.ca.issuance.pop import issuer_kid, jwt_payload, verify_proof
@@ -83,7 +83,7 @@ def _observe(kind: str, work: Any) -> Any:
 def x509_svid() -> Any:
     """Attestation evidence + CSR -> X509-SVID."""
     data = body()
-    limit(request.remote_addr or "-")
+    limit_address()
     csr = _text(data, "csr")
     spiffe_id = _text(data, "spiffe_id", required=False)
     api = state()
@@ -94,7 +94,6 @@ def x509_svid() -> Any:
         api.service.issuer.refuse("x509-svid.issue", request.remote_addr or "-", error, ())
         raise
     attested = api.attest(data.get("attestation"))
-    limit(attested.subject)
     svid = _observe(
         "x509",
         lambda: api.service.issuer.issue_x509(
@@ -113,7 +112,7 @@ def x509_svid() -> Any:
 def jwt_svid() -> Any:
     """Attestation evidence, or proof of a current X509-SVID, + audience -> JWT-SVID."""
     data = body()
-    limit(request.remote_addr or "-")
+    limit_address()
     audiences = _audiences(data)
     spiffe_id = _text(data, "spiffe_id", required=False)
     api = state()
@@ -126,7 +125,6 @@ def jwt_svid() -> Any:
     else:
         attested = api.attest(data.get("attestation"), now)
         selectors, actor, granted_id = attested.selectors, attested.subject, attested.spiffe_id
-    limit(actor)
     svid = _observe(
         "jwt",
         lambda: api.service.issuer.issue_jwt(
@@ -146,16 +144,18 @@ def _prove(proof: Any, purpose: str, payload: bytes, now: datetime) -> str:
     """Verify a proof of possession and spend it; return the proven SPIFFE ID."""
     api = state()
     issuer = api.service.issuer
-    proven = verify_proof(
-        proof,
-        purpose,
-        payload,
-        issuer.bundle().roots,
-        now,
-        is_revoked=issuer.is_revoked,
-    )
-    check_issuers(issuer, proven)
-    api.used.spend([proven.replay_key], now)
+    with attestation_attempt():
+        proven = verify_proof(
+            proof,
+            purpose,
+            payload,
+            issuer.bundle().roots,
+            now,
+            is_revoked=issuer.is_revoked,
+        )
+        check_issuers(issuer, proven)
+        limit_identity(proven.spiffe_id)  # before the spend: a refusal burns nothing
+        api.used.spend([proven.replay_key], now)
     return proven.spiffe_id
 
 
@@ -183,7 +183,7 @@ def check_issuers(issuer: Any, proven: Any) -> None:
 def status() -> Any:
     """Whether the holder of this X509-SVID should renew now (revoked, issuer tainted)."""
     data = body()
-    limit(request.remote_addr or "-")
+    limit_address()
     chain = _text(data, "chain")
     assert chain is not None
     issuer = state().service.issuer
@@ -218,7 +218,7 @@ def status() -> Any:
 def renew() -> Any:
     """Proof of possession of a current X509-SVID + new CSR -> new X509-SVID."""
     data = body()
-    limit(request.remote_addr or "-")
+    limit_address()
     csr = _text(data, "csr")
     assert csr is not None
     api = state()
@@ -226,7 +226,6 @@ def renew() -> Any:
     if "proof" not in data:
         raise AttestationFailed("renewal needs 'proof': a signature by the current SVID's key")
     spiffe_id = _prove(data["proof"], "x509-renew", csr.encode("ascii", "replace"), now)
-    limit(spiffe_id)
     svid = _observe(
         "x509-renew",
         lambda: api.service.issuer.issue_x509(
@@ -239,6 +238,6 @@ def renew() -> Any:
 @blueprint.get("/v1/nonce")
 def nonce() -> Any:
     """A single-use nonce for x509pop attestation."""
-    limit(request.remote_addr or "-")
+    limit_address()
     value, expires = state().nonces.issue("x509pop")
     return jsonify({"nonce": value, "expires_at": expires.isoformat().replace("+00:00", "Z")})

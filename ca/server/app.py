@@ -36,11 +36,20 @@ def serve(
     sans: tuple[str, ...] = (),
     tls_cert: str | None = None,
     tls_key: str | None = None,
-    rate_limit: str = "600/minute",
+    rate_limit: str | None = None,
 ) -> None:
-    """Run the server until it is stopped: writer, gunicorn master and workers."""
+    """Run the server until it is stopped: writer, gunicorn master and workers.
+
+    ``rate_limit`` (``--rate-limit``, deprecated): replaces ``[limits]``
+    per_address and per_identity; ``"none"`` turns both off.
+    """
     host, port = split_listen(listen)
     config = load(directory)
+    if rate_limit is not None:
+        config = with_rate_limit(config, rate_limit)
+    from idmint.ca.api.limits import Limiter
+
+    Limiter(config.limits, config.trust_domain)  # a bad [limits] fails here, not in each worker
     check_free(host, port)  # before anything is written
     server_dir = directory / "server"
     server_dir.mkdir(mode=0o700, exist_ok=True)
@@ -98,11 +107,19 @@ def serve(
         file=sys.stderr,
     )
     try:
-        _Gunicorn(
-            config, None if rate_limit == "none" else rate_limit, str(writer.path), options
-        ).run()
+        _Gunicorn(config, str(writer.path), options).run()
     finally:
         writer.stop()  # after the workers: it commits what they sent last
+
+
+def with_rate_limit(config: Any, rate_limit: str) -> Any:
+    """``config`` with ``--rate-limit`` as its per-address and per-identity rules."""
+    from dataclasses import replace
+
+    rule = "" if rate_limit.strip().lower() == "none" else rate_limit
+    limits = replace(config.limits, per_address=rule, per_identity=rule)
+    limits.check("--rate-limit")
+    return replace(config, limits=limits)
 
 
 def prepare(config: Any, server_dir: Path | None, names: list[str]) -> tuple[Path, Path]:
@@ -283,11 +300,8 @@ def _gunicorn_base() -> Any:
 class _Gunicorn(_gunicorn_base()):  # type: ignore[misc]
     """gunicorn with our options and the Flask app made in each worker."""
 
-    def __init__(
-        self, config: Any, rate_limit: str | None, writer_socket: str, options: dict[str, Any]
-    ) -> None:
+    def __init__(self, config: Any, writer_socket: str, options: dict[str, Any]) -> None:
         self._config = config
-        self._rate_limit = rate_limit
         self._writer_socket = writer_socket
         self._options = options
         super().__init__()
@@ -299,6 +313,4 @@ class _Gunicorn(_gunicorn_base()):  # type: ignore[misc]
     def load(self) -> Any:
         from idmint.ca.api import create_app
 
-        return create_app(
-            self._config, rate_limit=self._rate_limit, writer_socket=self._writer_socket
-        )
+        return create_app(self._config, writer_socket=self._writer_socket)
