@@ -47,9 +47,6 @@ def serve(
     config = load(directory)
     if rate_limit is not None:
         config = with_rate_limit(config, rate_limit)
-    from idmint.ca.api.limits import Limiter
-
-    Limiter(config.limits, config.trust_domain)  # a bad [limits] fails here, not in each worker
     check_free(host, port)  # before anything is written
     server_dir = directory / "server"
     server_dir.mkdir(mode=0o700, exist_ok=True)
@@ -58,6 +55,9 @@ def serve(
     metrics_dir.mkdir()
     # Before anything imports prometheus_client: workers share metrics through files.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    from idmint.ca.api.limits import Limiter  # imports prometheus_client: not before
+
+    Limiter(config.limits, config.trust_domain)  # a bad [limits] fails here, not in each worker
     if config.issuer_url == "https://127.0.0.1:8443" and listen != "127.0.0.1:8443":
         from dataclasses import replace
 

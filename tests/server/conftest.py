@@ -279,8 +279,12 @@ def start_server(
     new_session: bool = False,
     issuers: tuple[TokenIssuer, TokenIssuer] | None = None,
     bootstrap: tuple[Any, x509.Certificate] | None = None,
+    rate_limit: str | None = "none",
 ) -> Server:
-    """Start ``idmint server`` on ``data`` on a free port and wait until it is ready."""
+    """Start ``idmint server`` on ``data`` on a free port and wait until it is ready.
+
+    ``rate_limit=None`` leaves the rate limits to the data directory's ``[limits]``.
+    """
     port = _free_port()
     log_path = base / f"{name}.log"
     with log_path.open("wb") as log:  # the child keeps its own descriptor
@@ -294,8 +298,7 @@ def start_server(
                 f"127.0.0.1:{port}",
                 "--workers",
                 str(workers),
-                "--rate-limit",
-                "none",
+                *(() if rate_limit is None else ("--rate-limit", rate_limit)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
