@@ -15,8 +15,15 @@ uses 16 Python threads with http.client instead (the figure then includes
 their CPU). Either way the clients run on this machine and the figures are a
 floor for a separate load generator.
 
+``--limits redis`` adds a second server on a copy of the data directory
+with every rate-limit level on (per address, per identity, per trust
+domain, attestation attempts; rules too high to trip, so each request pays
+for every count) in a redis-server started for the run; its rounds run
+interleaved with the first server's (limits off) and the JSON gives the
+ratio (goal >= 0.9).
+
 Usage: python benchmarks/http.py [--seconds 5] [--rounds 3] [--clients 16] [--workers 2]
-                                 [--client wrk|python]
+                                 [--client wrk|python] [--limits off|redis]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import sys
 sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
 
 import argparse
+import contextlib
 import http.client
 import json
 import shutil
@@ -225,6 +233,13 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     return median
 
 
+def _ratio(limited: list[dict[str, Any]], off: list[dict[str, Any]]) -> float | None:
+    if not limited or not off:
+        return None
+    on = statistics.median(r["requests_per_second"] for r in limited)
+    return round(on / statistics.median(r["requests_per_second"] for r in off), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -235,9 +250,10 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python"
     )
+    parser.add_argument("--limits", choices=("off", "redis"), default="off")
     args = parser.parse_args()
     environment = clean_env()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         data = Path(scratch) / "data"
         subprocess.run(
             [*IDMINT, "init", "--data-dir", str(data), "--trust-domain", "bench.test"],
@@ -274,6 +290,20 @@ def main() -> None:
         x509_tokens = mint_tokens(database, "spiffe://bench.test/x509", budget)
         jwt_tokens = mint_tokens(database, "spiffe://bench.test/jwt", budget)
         database.close()
+        limited = None
+        if args.limits == "redis":
+            from tests.redis_server import redis_server
+
+            redis = stack.enter_context(redis_server())
+            # A copy after minting: the same tokens work once on each server.
+            limited = Path(scratch) / "data-limits"
+            shutil.copytree(data, limited)
+            with (limited / "idmint.toml").open("a") as config:
+                config.write(
+                    f'\n[limits]\nstorage = "{redis.url}"\nper_address = "10000000/minute"\n'
+                    'per_identity = "10000000/minute"\ntrust_domain = "10000000/minute"\n'
+                    'attestation = "10000000/minute"\n'
+                )
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -296,12 +326,25 @@ def main() -> None:
             data, "--workers", str(args.workers), "--threads", str(args.threads),
             "--rate-limit", "none", log=Path(scratch) / "server.log",
         )  # fmt: skip
-        bundle = str(data / "server" / "bundle.pem")
-        rounds: dict[str, list[dict[str, Any]]] = {"x509_svid": [], "jwt_svid": [], "healthz": []}
+        variants = {"": (server, port, str(data / "server" / "bundle.pem"))}
+        if limited is not None:
+            limited_server, limited_port = start_server(
+                limited, "--workers", str(args.workers), "--threads", str(args.threads),
+                log=Path(scratch) / "server-limits.log",
+            )  # fmt: skip
+            variants["limits_"] = (
+                limited_server,
+                limited_port,
+                str(limited / "server" / "bundle.pem"),
+            )
+        rounds: dict[str, list[dict[str, Any]]] = {
+            f"{v}{name}": [] for v in variants for name in ("x509_svid", "jwt_svid", "healthz")
+        }
         try:
             # Warm every worker (sessions, caches) before timing.
-            run_load(port, bundle, x509_bodies[-200:], "/v1/svid/x509", args.clients, 1.0)
-            run_load(port, bundle, jwt_bodies[-200:], "/v1/svid/jwt", args.clients, 1.0)
+            for _, port, bundle in variants.values():
+                run_load(port, bundle, x509_bodies[-200:], "/v1/svid/x509", args.clients, 1.0)
+                run_load(port, bundle, jwt_bodies[-200:], "/v1/svid/jwt", args.clients, 1.0)
             share = (len(x509_bodies) - 200) // args.rounds
             for n in range(args.rounds):
                 mine = slice(n * share, (n + 1) * share)
@@ -309,20 +352,38 @@ def main() -> None:
                     ("x509_svid", x509_bodies[mine], "/v1/svid/x509"),
                     ("jwt_svid", jwt_bodies[mine], "/v1/svid/jwt"),
                 ):
-                    if args.client == "wrk":
-                        result = run_wrk(
-                            port, bodies, path, args.clients, args.seconds, Path(scratch)
-                        )
-                    else:
-                        result = run_load(port, bundle, bodies, path, args.clients, args.seconds)
-                    rounds[name].append(result)
+                    # Interleaved, first one then the other first: drift hits both alike.
+                    for variant, (_, port, bundle) in list(variants.items())[:: 1 - 2 * (n % 2)]:
+                        if args.client == "wrk":
+                            result = run_wrk(
+                                port, bodies, path, args.clients, args.seconds, Path(scratch)
+                            )
+                        else:
+                            result = run_load(
+                                port, bundle, bodies, path, args.clients, args.seconds
+                            )
+                        rounds[variant + name].append(result)
                 if args.client == "wrk":
-                    rounds["healthz"].append(
-                        run_wrk(port, [], "/healthz", args.clients, args.seconds, Path(scratch))
-                    )
+                    for variant, (_, port, _) in variants.items():
+                        rounds[variant + "healthz"].append(
+                            run_wrk(port, [], "/healthz", args.clients, args.seconds, Path(scratch))
+                        )
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            for process, _, _ in variants.values():
+                process.terminate()
+                process.wait(timeout=30)
+    limits_figures = {}
+    if limited is not None:
+        limits_figures["limits_redis"] = {
+            "setup": "every level on (address, identity, trust domain, attestation) in one "
+            "redis-server on loopback, moving window, rules too high to trip",
+            "x509_svid": summarise(rounds["limits_x509_svid"]),
+            "jwt_svid": summarise(rounds["limits_jwt_svid"]),
+            # Median over median, both measured interleaved in this run.
+            "ratio_x509": _ratio(rounds["limits_x509_svid"], rounds["x509_svid"]),
+            "ratio_jwt": _ratio(rounds["limits_jwt_svid"], rounds["jwt_svid"]),
+            "goal_ratio": 0.9,
+        }
     print(
         json.dumps(
             {
@@ -336,6 +397,7 @@ def main() -> None:
                 "jwt_svid": summarise(rounds["jwt_svid"]),
                 "baseline_healthz": summarise(rounds["healthz"]),
                 "goals": {"x509_rps": 2000, "jwt_rps": 3000, "p99_ms": 25},
+                **limits_figures,
             },
             indent=2,
         )

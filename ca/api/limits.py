@@ -172,6 +172,12 @@ class Limiter:
         self._next_probe = 0.0
         self._backoff = PROBE_FIRST
 
+    def _identifiers(self, level: str, key: str) -> tuple[str, ...]:
+        # The strategy is part of the key: each keeps a different Redis type
+        # (list, counter), and a changed strategy must not meet the old keys
+        # (WRONGTYPE would read as a store that does not answer).
+        return ("idmint", self.config.strategy, self.trust_domain, level, key)
+
     @property
     def degraded(self) -> bool:
         """Whether the shared store is treated as down (counting falls back)."""
@@ -182,7 +188,7 @@ class Limiter:
         items = self.rules.get(level)
         if not items:
             return
-        identifiers = ("idmint", self.trust_domain, level, key)
+        identifiers = self._identifiers(level, key)
 
         def count(window: strategies.RateLimiter) -> tuple[RateLimitItem, float] | None:
             for item in items:
@@ -203,7 +209,7 @@ class Limiter:
 
     def charge(self, level: str, key: str, cost: int) -> None:
         """Take up to ``cost`` more from ``key``'s budget, never refusing (already answered)."""
-        identifiers = ("idmint", self.trust_domain, level, key)
+        identifiers = self._identifiers(level, key)
 
         def take(window: strategies.RateLimiter) -> None:
             for item in self.rules.get(level, ()):

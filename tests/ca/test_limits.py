@@ -217,3 +217,19 @@ def test_unknown_or_unusable_storage_is_a_config_error() -> None:
     # window that limits' memcached storage lacks: either way named up front.
     with pytest.raises(ConfigError, match=r"memcached://.*(pymemcache|fixed-window)"):
         Limiter(LimitsConfig(storage="memcached://127.0.0.1:1"), "example.org")
+
+
+def test_deprecated_rate_limit_option_sets_address_and_identity(tmp_path: Path) -> None:
+    from idmint.ca.server.app import with_rate_limit
+
+    config = load(_data_dir(tmp_path, 'per_identity = "10/minute"\ntrust_domain = "9/second"\n'))
+    limits = with_rate_limit(config, "5/second").limits
+    assert (limits.per_address, limits.per_identity, limits.trust_domain) == (
+        "5/second",
+        "5/second",
+        "9/second",
+    )
+    off = with_rate_limit(config, "none").limits
+    assert (off.per_address, off.per_identity, off.trust_domain) == ("", "", "9/second")
+    with pytest.raises(ConfigError, match="--rate-limit"):
+        with_rate_limit(config, "lots")
