@@ -208,7 +208,11 @@ class Limiter:
         raise RateLimited(level, rule, key, retry_after)
 
     def charge(self, level: str, key: str, cost: int) -> None:
-        """Take up to ``cost`` more from ``key``'s budget, never refusing (already answered)."""
+        """Take up to ``cost`` more from ``key``'s budget, never refusing (already answered).
+
+        With the store down and ``on_storage_error = "closed"`` nothing is
+        taken: the caller's own error stands.
+        """
         identifiers = self._identifiers(level, key)
 
         def take(window: strategies.RateLimiter) -> None:
@@ -218,7 +222,10 @@ class Limiter:
                     if left > 0:
                         window.hit(item, *identifiers, cost=min(cost, left))
 
-        self._run(take)
+        try:
+            self._run(take)
+        except RateLimitStoreUnavailable:
+            pass
 
     # -- the shared store and its fallback -----------------------------------
 
@@ -235,7 +242,7 @@ class Limiter:
         try:
             result = count(self.shared)
         except self._errors as exc:
-            self._failed(exc)
+            self._failed(exc, probing)
             return self._fallback(count)
         finally:
             if probing:
@@ -251,11 +258,12 @@ class Limiter:
             raise RateLimitStoreUnavailable(wait)
         return count(self.local)
 
-    def _failed(self, error: BaseException) -> None:
+    def _failed(self, error: BaseException, probing: bool) -> None:
         with self._lock:
             metrics.RATE_LIMIT_STORE_ERRORS.inc()
             if not self._down:
                 self._down = True
+                self._backoff = PROBE_FIRST
                 metrics.RATE_LIMIT_STORE_DOWN.set(1)
                 # Once per outage (per process), not per request.
                 log.warning(
@@ -267,8 +275,10 @@ class Limiter:
                     if self.config.on_storage_error == "open-local"
                     else "refusing limited requests with 503",
                 )
-            else:
+            elif probing:
                 self._backoff = min(self._backoff * 2, PROBE_MAX)
+            else:
+                return  # in flight when the store went: the outage is already timed
             self._next_probe = time.monotonic() + self._backoff
 
     def _recovered(self) -> None:

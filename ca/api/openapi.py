@@ -23,7 +23,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
         409: "Conflicts with the current state",
         413: "Request body too large",
         415: "Unsupported media type",
-        429: "Rate limited",
+        429: "Rate limited (Retry-After; the body names the level and rule)",
         503: "The HSM or database is unavailable",
     }
     return {

@@ -138,6 +138,26 @@ def test_store_down_open_local_then_back_to_shared(running: RedisServer) -> None
     assert not _allowed(second, "identity", "fresh")  # shared again: second sees first's 5
 
 
+def test_a_dead_store_is_probed_with_back_off_not_per_request(running: RedisServer) -> None:
+    from prometheus_client import REGISTRY
+
+    def errors() -> float:
+        return REGISTRY.get_sample_value("idmint_rate_limit_store_errors_total") or 0.0
+
+    limiter = Limiter(_config(running, per_identity="100000/minute"), "example.org")
+    limiter.hit("identity", "a")
+    running.stop()
+    before, began, hits = errors(), time.monotonic(), 0
+    while time.monotonic() - began < 2.5:
+        limiter.hit("identity", "a")
+        hits += 1
+        time.sleep(0.005)
+    # Tried at once, again after 1 s, next after 2 s more (t = 3 s): two
+    # failures for a few hundred requests.
+    assert hits > 100
+    assert errors() - before == 2
+
+
 def test_store_down_closed_refuses_with_503(running: RedisServer) -> None:
     config = _config(running, per_address="100/minute", on_storage_error="closed")
     limiter = Limiter(config, "example.org")
