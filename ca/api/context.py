@@ -20,6 +20,7 @@ from idmint.attestation.join_token import JoinTokenAttestor, JoinTokenLedger
 from idmint.attestation.k8s_psat import KubernetesPSATAttestor
 from idmint.attestation.oidc import OIDCAttestor
 from idmint.attestation.x509pop import X509PoPAttestor
+from idmint.ca.api.observe import set_caller
 from idmint.ca.config import CAConfig
 from idmint.ca.service import CAService
 from idmint.ca.storage.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
@@ -51,6 +52,7 @@ class APIState:
             raise AttestationFailed(f"attestation type {kind!r} is not enabled on this server")
         now = now or datetime.now(UTC)
         attested = attestor.attest(evidence, now)
+        set_caller(attested.subject)
         self.used.spend(attested.replay_keys, now)
         return attested
 
