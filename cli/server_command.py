@@ -21,6 +21,16 @@ from idmint.cli.options import data_dir_option
     help="Deprecated: set [limits] per_address and per_identity in idmint.toml. "
     "Replaces both rules ('none' turns them off).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Default: [log] level in idmint.toml, else info.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["logfmt", "json"]),
+    help="One line per request and event; default: [log] format, else logfmt.",
+)
 def server(
     data_dir: str | None,
     listen: str,
@@ -30,8 +40,12 @@ def server(
     tls_cert: str | None,
     tls_key: str | None,
     rate_limit: str | None,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Serve the HTTPS API (gunicorn) and the admin socket DIR/server/admin.sock."""
+    import os
+
     from idmint.ca.config import resolve_data_dir
     from idmint.ca.server.app import serve
 
@@ -41,6 +55,13 @@ def server(
             "per_identity in idmint.toml (IDMINT_LIMITS_PER_ADDRESS, ...)",
             err=True,
         )
+
+    # Through the environment: the workers read [log] from the configuration.
+    if log_level:
+        os.environ["IDMINT_LOG_LEVEL"] = log_level
+    if log_format:
+        os.environ["IDMINT_LOG_FORMAT"] = log_format
+
     serve(
         resolve_data_dir(data_dir),
         listen,
