@@ -32,7 +32,8 @@ def create_app(config: CAConfig, writer_socket: str | None = None) -> Flask:
     )
     for module in (svid, bundle, admin, health, revocation):
         app.register_blueprint(module.blueprint)
-    limits.init_app(app, limits.Limiter(config.limits, config.trust_domain))
+    limiter = limits.Limiter(config.limits, config.trust_domain, limits.audit_if_bounded)
+    limits.init_app(app, limiter)
     log = config.extra.get("log", {}) or {}
     observe.configure_logging(str(log.get("level", "info")), str(log.get("format", "logfmt")))
     observe.init_app(app)

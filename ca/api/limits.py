@@ -94,10 +94,24 @@ class Refusal:
     source: str
 
 
-#: Called for every refusal. Issue 12's bounded refusal audit (aggregated per
-#: source and minute, in idmint.ca.storage.audit) plugs in here; until then
-#: refusals are counted in ``idmint_rate_limited_total`` only.
-RefusalHook = Callable[[Refusal], None]
+#: Called for every refusal, after it is counted in ``idmint_rate_limited_total``.
+RefusalHook = Callable[[Refusal, RateLimited], None]
+
+
+def audit_if_bounded(refusal: Refusal, error: RateLimited) -> None:
+    """Audit a refusal through the issuer when its refusal audit is bounded.
+
+    Refusals are anonymous traffic: one chained row each would let anyone
+    grow the audit chain. Issue 12 gives the issuer a refusal log aggregated
+    per source and minute (``issuer.refusals``); with it, rate-limit trips
+    are audited like other refusals. Without it (an issuer that chains every
+    refusal), they are counted in metrics only.
+    """
+    from idmint.ca.api.context import state  # context imports this module
+
+    issuer = state().service.issuer
+    if getattr(issuer, "refusals", None) is not None:
+        issuer.refuse(f"rate-limit.{refusal.level}", refusal.source, error, ())
 
 
 def _storage(config: LimitsConfig) -> Storage:
@@ -203,9 +217,10 @@ class Limiter:
         retry_after = max(1, math.ceil(reset_at - time.time()))
         rule = str(item)
         metrics.RATE_LIMITED.labels(level).inc()
+        error = RateLimited(level, rule, key, retry_after)
         if self.on_refusal is not None:
-            self.on_refusal(Refusal(level, rule, key, source))
-        raise RateLimited(level, rule, key, retry_after)
+            self.on_refusal(Refusal(level, rule, key, source), error)
+        raise error
 
     def charge(self, level: str, key: str, cost: int) -> None:
         """Take up to ``cost`` more from ``key``'s budget, never refusing (already answered).
