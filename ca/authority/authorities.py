@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import AuthorityConflict, AuthorityNotFound, UnsupportedAlgorithm
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState, BundleState
@@ -40,18 +40,6 @@ JWT_KEY_TYPES = {
     "RS256": KeyType.RSA_2048,
     "PS256": KeyType.RSA_2048,
 }
-
-
-class AuthorityNotFound(CAError):
-    """No authority of the requested kind and state exists."""
-
-    code = "authority-not-found"
-
-
-class AuthorityConflict(CAError):
-    """Another replica changed the authorities at the same moment."""
-
-    code = "authority-conflict"
 
 
 @dataclass(frozen=True)
@@ -263,7 +251,7 @@ def create_jwt_authority(
 ) -> Authority:
     """A new JWT-SVID signing key in the HSM; its kid is the JWK thumbprint."""
     if algorithm not in JWT_KEY_TYPES:
-        raise CAError(
+        raise UnsupportedAlgorithm(
             f"JWT-SVID algorithm {algorithm!r} is not supported; use one of "
             f"{', '.join(sorted(JWT_KEY_TYPES))}"
         )

@@ -36,7 +36,7 @@ from typing import Any
 import josepy
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import InvalidJWTSVID
 from idmint.ca.spiffe_id import InvalidSpiffeID, SpiffeID, TrustDomain
 
 #: A bundle key that can verify JWT-SVIDs.
@@ -64,12 +64,6 @@ _MAX_SHOWN = 100
 # JSONEncoder on each call, which costs about 0.7 µs on the hot path.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _JWA = {alg: josepy.jwa.JWASignature.from_json(alg) for alg in ALGORITHMS}
-
-
-class InvalidJWTSVID(CAError):
-    """A JWT-SVID (or the bundle keys to check it) is malformed, expired or not trusted."""
-
-    code = "invalid-jwt-svid"
 
 
 class _DuplicateMember(ValueError):

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import AlreadyRevoked, CredentialNotFound, InvalidRevocationReason
 from idmint.ca.issuance.entries import EntryNotFound
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -29,18 +29,6 @@ from idmint.ca.storage.models import CredentialKind, Entry, IssuedCredential, Re
 REASONS = frozenset(
     {"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"}
 )
-
-
-class CredentialNotFound(CAError):
-    """No credential with this serial or jti was issued here (or it expired)."""
-
-    code = "not-found"
-
-
-class AlreadyRevoked(CAError):
-    """The credential is already revoked."""
-
-    code = "already-revoked"
 
 
 @dataclass(frozen=True)
@@ -54,7 +42,9 @@ class Revoked:
 
 def _check_reason(reason: str) -> None:
     if reason not in REASONS:
-        raise CAError(f"revocation reason {reason!r} is not one of {sorted(REASONS)}")
+        raise InvalidRevocationReason(
+            f"revocation reason {reason!r} is not one of {sorted(REASONS)}"
+        )
 
 
 def _revoke_rows(
