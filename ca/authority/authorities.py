@@ -12,7 +12,6 @@ same transaction as the change itself.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -92,7 +91,7 @@ def jwk_thumbprint_kid(public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
         jwk = josepy.JWKEC(key=public_key)
     else:
         jwk = josepy.JWKRSA(key=public_key)
-    return base64.urlsafe_b64encode(jwk.thumbprint()).rstrip(b"=").decode("ascii")
+    return josepy.b64.b64encode(jwk.thumbprint()).decode("ascii")
 
 
 def bump_bundle_sequence(session: Session, now: datetime) -> None:

@@ -23,8 +23,6 @@ converts the raw ``r||s`` ECDSA form.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import re
@@ -79,8 +77,8 @@ def _shown(value: object) -> str:
 
 
 def _b64encode(data: bytes) -> str:
-    """Base64url without padding (RFC 7515 section 2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """Base64url without padding (RFC 7515 section 2), as text."""
+    return josepy.b64.b64encode(data).decode("ascii")
 
 
 def _require_aware(moment: datetime, name: str) -> None:
@@ -313,8 +311,8 @@ def _b64decode(part: str, name: str) -> bytes:
             f"JWT-SVID {name} is not base64url: its length {len(part)} is impossible"
         )
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    except (binascii.Error, ValueError) as error:  # pragma: no cover - excluded above
+        return josepy.b64.b64decode(part)
+    except ValueError as error:  # pragma: no cover - excluded above (binascii.Error too)
         raise InvalidJWTSVID(f"JWT-SVID {name} is not base64url: {error}") from None
 
 
