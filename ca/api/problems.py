@@ -15,6 +15,7 @@ configuration (the bare CAError and IdmintError bases included).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from idmint.errors import ClientError, ConfigError, IdmintError
 from idmint.hsm import errors as hsm
 
 TYPE_BASE = "https://idmint.dev/problems/"
+log = logging.getLogger("idmint.api")
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ def problem(status: int, title: str, detail: str, type_uri: str, **extra: Any) -
 
 def from_error(error: IdmintError) -> Response:
     found = problem_for(type(error))
+    if found.status >= 500:
+        # Our fault, so the operator hears of it; 4xx are the caller's and
+        # are in the audit log where they matter.
+        log.error("%s %s: %s", found.status, type(error).__name__, error)
     title = type(error).__doc__ or type(error).__name__
     return problem(found.status, title.strip().splitlines()[0], str(error), found.type)
 

@@ -328,3 +328,37 @@ def test_an_unexpected_error_is_a_500_problem_with_a_log_line(
     assert "an attestor's bug" not in response.get_data(as_text=True)  # no internals to callers
     logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is _Boom]
     assert logged, "the traceback is logged"
+
+
+def test_a_server_fault_in_the_tree_is_a_5xx_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from idmint.ca.api import create_app
+    from idmint.ca.config import CAConfig
+    from idmint.hsm.config import HSMConfig
+    from idmint.hsm.errors import UnsupportedMechanism
+
+    config = CAConfig(tmp_path, "example.org", "sqlite://", HSMConfig(token_label="unused"))
+    app = create_app(config, rate_limit=None)
+
+    @app.get("/unavailable")
+    def unavailable() -> Any:
+        raise AttestationUnavailable("cannot read the JWKS of https://ci.example.test")
+
+    @app.get("/mechanism")
+    def mechanism() -> Any:
+        raise UnsupportedMechanism("the token does not offer this mechanism", mechanism="X")
+
+    @app.get("/bad")
+    def bad() -> Any:
+        raise AttestationFailed("token expired")
+
+    client = app.test_client()
+    with caplog.at_level(logging.INFO, logger="idmint.api"):
+        got = {path: client.get(path) for path in ("/unavailable", "/mechanism", "/bad")}
+    assert [got[p].status_code for p in got] == [503, 500, 401]
+    assert got["/mechanism"].get_json()["type"].endswith("/hsm-unsupported-mechanism")
+    messages = [r.getMessage() for r in caplog.records if r.name == "idmint.api"]
+    assert any("AttestationUnavailable" in m for m in messages)
+    assert any("UnsupportedMechanism" in m for m in messages)
+    assert not any("AttestationFailed" in m for m in messages)

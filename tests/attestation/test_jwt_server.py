@@ -157,3 +157,21 @@ def test_a_duplicate_header_member_is_refused(server: Server, entries: None) -> 
     signing_input = f"{_b64(head.encode())}.{body}"
     signature = server.ci.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     _problem(*_oidc(server, f"{signing_input}.{_b64(signature)}"), "'alg' twice")
+
+
+def test_unreadable_issuer_keys_are_503_not_the_tokens_fault(server: Server, entries: None) -> None:
+    # The JWKS file is read again when it changes; while it is gone the
+    # server cannot check any k8s token, which is no reason to call it bad.
+    jwks = server.data_dir / "k8s-jwks.json"
+    aside = jwks.with_suffix(".aside")
+    jwks.rename(aside)
+    try:
+        status, headers, body = _k8s(server, signed(server.k8s, _dumped(_k8s_claims(server))))
+    finally:
+        aside.rename(jwks)
+    assert status == 503, body
+    assert headers["content-type"].startswith("application/problem+json")
+    assert body["type"].endswith("/attestation-unavailable")
+    assert "k8s-jwks.json" in body["detail"]
+    status, _, body = _k8s(server, signed(server.k8s, _dumped(_k8s_claims(server))))
+    assert status == 201, body
