@@ -41,8 +41,12 @@ ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "ES256
 LEEWAY = timedelta(seconds=60)
 #: Longer than any CI or service-account token; bounds the work a token costs.
 MAX_TOKEN_CHARS = 16 * 1024
+MAX_KID_CHARS = 256
 _BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _EC_ALGS = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}
+_MAX_SHOWN = 100
+#: 9999-12-31T23:59:59Z, the last NumericDate a datetime (and a sane issuer) has.
+_MAX_NUMERIC_DATE = 253402300799
 
 
 class SigningKeys(Protocol):
@@ -130,8 +134,19 @@ def unverified_claims(token: Any) -> dict[str, Any]:
 
 def _fits(alg: str, key: Any) -> bool:
     if alg.startswith("ES"):
-        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_ALGS[alg])
+        curve = _EC_ALGS.get(alg)
+        return (
+            curve is not None
+            and isinstance(key, ec.EllipticCurvePublicKey)
+            and (isinstance(key.curve, curve))
+        )
     return isinstance(key, rsa.RSAPublicKey)
+
+
+def shown(value: Any) -> str:
+    """The repr of an untrusted value, bounded: error texts end up in logs."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else f"{text[:_MAX_SHOWN]}... ({len(text)} characters)"
 
 
 def verify_jwt(
@@ -156,11 +171,14 @@ def verify_jwt(
     alg = header.get("alg")
     if alg not in allowed:
         raise AttestationFailed(
-            f"token algorithm {alg!r} is not allowed; allowed: {', '.join(allowed)}"
+            f"token algorithm {shown(alg)} is not allowed; allowed: {', '.join(allowed)}"
         )
     kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise AttestationFailed("token has no key id (kid) naming a key of the issuer's JWKS")
+    if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
+        raise AttestationFailed(
+            f"token has no key id (kid, at most {MAX_KID_CHARS} characters) "
+            "naming a key of the issuer's JWKS"
+        )
     key = keys.signing_key(kid).key
     fitting = [name for name in allowed if _fits(name, key)]
     if alg not in fitting:
@@ -188,10 +206,12 @@ def verify_jwt(
         raise AttestationFailed(f"token has no {exc.claim!r} claim, which is required") from None
     except jwt.InvalidAudienceError:
         raise AttestationFailed(
-            f"token audience {claims.get('aud')!r} does not include {audience!r}"
+            f"token audience {shown(claims.get('aud'))} does not include {audience!r}"
         ) from None
     except jwt.InvalidIssuerError:
-        raise AttestationFailed(f"token issuer {claims.get('iss')!r} is not {issuer!r}") from None
+        raise AttestationFailed(
+            f"token issuer {shown(claims.get('iss'))} is not {issuer!r}"
+        ) from None
     except jwt.InvalidKeyError as exc:
         raise AttestationFailed(f"the issuer's key {kid!r} cannot verify tokens: {exc}") from None
     except jwt.InvalidTokenError as exc:
@@ -213,13 +233,15 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AttestationFailed(f"token claim {name!r} is not a number (a NumericDate)")
+    if abs(value) > _MAX_NUMERIC_DATE:  # also keeps float() of a 400-digit int from overflowing
+        raise AttestationFailed(f"token claim {name!r} is out of range (after the year 9999)")
     return float(value)
 
 
 def _shown_time(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return as_datetime(float(value)).isoformat()
-    return repr(value)
+    return shown(value)
 
 
 def as_datetime(timestamp: float) -> datetime:

@@ -19,7 +19,14 @@ from typing import Any
 
 from idmint.attestation.base import AttestationFailed, Attested, Attestor, register, require
 from idmint.attestation.jwks import JWKSSource, relative
-from idmint.attestation.jwt import LEEWAY, as_datetime, replay_key, unverified_claims, verify_jwt
+from idmint.attestation.jwt import (
+    LEEWAY,
+    as_datetime,
+    replay_key,
+    shown,
+    unverified_claims,
+    verify_jwt,
+)
 from idmint.errors import ConfigError
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
@@ -124,7 +131,7 @@ class OIDCAttestor(Attestor):
         issuer = self.by_issuer.get((unverified_iss or "").rstrip("/"))
         if issuer is None:
             raise AttestationFailed(
-                f"token issuer {unverified_iss!r} is not a configured OIDC issuer"
+                f"token issuer {shown(unverified_iss)} is not a configured OIDC issuer"
             )
         verified = verify_jwt(
             token,

@@ -72,6 +72,7 @@ HOSTILE: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "exp -Infinity": (_with(exp=-math.inf), "-Infinity is not a JSON number"),
     "iat -Infinity": (_with(iat=-math.inf), "-Infinity is not a JSON number"),
     "exp 1e400": (lambda c: _dumped(c).replace(f'"exp": {c["exp"]}', '"exp": 1e400'), "too large"),
+    "exp a 400-digit integer": (_with(exp=10**400), "out of range"),
     "exp as a string": (_with(exp=str(NOW + 300)), "'exp' is not a number"),
     "exp true": (_with(exp=True), "'exp' is not a number"),
     "nbf as a list": (_with(nbf=[NOW]), "'nbf' is not a number"),
