@@ -135,8 +135,17 @@ class JWKSSource:
     def _jwks_client(self) -> _JWKSClient:
         with self._lock:
             stale = time.monotonic() - self._discovered > self.refresh_seconds
-            if self._client is None or stale:
+            if self._client is not None and not stale:
+                return self._client
+            try:
                 jwks_uri = self._discover()
+            except AttestationUnavailable:
+                if self._client is None:
+                    raise
+                # Keep the keys we have; ask for the document again in a minute.
+                self._discovered = time.monotonic() - self.refresh_seconds + UNKNOWN_KID_COOLDOWN
+                return self._client
+            if self._client is None or self._client.uri != jwks_uri:
                 self._client = _JWKSClient(
                     jwks_uri,
                     cache_jwk_set=True,
@@ -145,14 +154,14 @@ class JWKSSource:
                     ssl_context=self._context(),
                     cooldown_duration=UNKNOWN_KID_COOLDOWN,
                 )
-                self._discovered = time.monotonic()
+            self._discovered = time.monotonic()
             return self._client
 
     def _discover(self) -> str:
         url = f"{self.issuer}/.well-known/openid-configuration"
         try:
             with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT, context=self._context()) as r:
-                document = json.loads(r.read(MAX_DOCUMENT_BYTES + 1)[:MAX_DOCUMENT_BYTES])
+                document = json.loads(r.read(MAX_DOCUMENT_BYTES))
         except (OSError, ValueError, urllib.error.URLError) as exc:
             raise AttestationUnavailable(
                 f"cannot fetch the discovery document {url}: {exc}; "

@@ -362,3 +362,14 @@ def test_a_server_fault_in_the_tree_is_a_5xx_with_a_log_line(
     assert any("AttestationUnavailable" in m for m in messages)
     assert any("UnsupportedMechanism" in m for m in messages)
     assert not any("AttestationFailed" in m for m in messages)
+
+
+def test_a_stale_discovery_document_that_cannot_be_fetched_keeps_the_keys(
+    discovery: Discovery,
+) -> None:
+    source = JWKSSource(discovery.url, discovery=True, refresh_seconds=0.05)
+    verify_jwt(_token(discovery.keys[0], discovery.url), source, discovery.url, "idmint")
+    discovery.document.clear()  # the issuer's discovery endpoint breaks
+    time.sleep(0.1)
+    verify_jwt(_token(discovery.keys[0], discovery.url), source, discovery.url, "idmint")
+    assert discovery.requests.count("/.well-known/openid-configuration") == 2
