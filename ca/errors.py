@@ -125,6 +125,12 @@ class CredentialNotFound(CAError):
     code = "credential-not-found"
 
 
+class InvalidSerial(CAError):
+    """An X509-SVID serial number must be hexadecimal."""
+
+    code = "invalid-serial"
+
+
 class AlreadyRevoked(CAError):
     """The credential is already revoked."""
 
@@ -158,7 +164,7 @@ class AuditChainBroken(CAError):
     code = "audit-chain-broken"
 
 
-# api/: auth.py, limits.py, svid.py
+# api/: auth.py, limits.py, bundle.py, svid.py
 
 
 class Unauthenticated(CAError):
@@ -177,6 +183,12 @@ class RateLimited(CAError):
     """Too many requests from this caller; retry later."""
 
     code = "rate-limited"
+
+
+class InvalidQuery(CAError):
+    """A query parameter of this request is not one this endpoint takes."""
+
+    code = "invalid-query"
 
 
 class BadRequest(CAError):

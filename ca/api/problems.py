@@ -85,6 +85,7 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     ca.AmbiguousEntry: _p(409, "ambiguous-entry"),
     ca.AudienceNotAllowed: _p(403, "audience-not-allowed"),
     ca.CredentialNotFound: _p(404, "credential-not-found"),
+    ca.InvalidSerial: _p(400, "invalid-serial"),
     ca.AlreadyRevoked: _p(409, "already-revoked"),
     ca.InvalidRevocationReason: _p(400, "invalid-revocation-reason"),
     ca.JoinTokenNotFound: _p(404, "join-token-not-found"),
@@ -93,6 +94,7 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     ca.Unauthenticated: _p(401, "unauthenticated"),
     ca.Forbidden: _p(403, "forbidden"),
     ca.RateLimited: _p(429, "rate-limited"),
+    ca.InvalidQuery: _p(400, "invalid-query"),
     ca.BadRequest: _p(400, "bad-request"),
     ServerError: _p(500, "server-error"),
 }

@@ -7,6 +7,7 @@ run as they do against GitHub or GitLab.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -306,6 +307,17 @@ def test_an_unreachable_issuer_is_ours_not_the_tokens(discovery: Discovery) -> N
 # --- a bug in the server is a 500 with a log line -------------------------
 
 
+@contextlib.contextmanager
+def _captured(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """caplog on the "idmint" logger, which the app's logging setup keeps from the root."""
+    logger = logging.getLogger("idmint")
+    logger.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
 def test_an_unexpected_error_is_a_500_problem_with_a_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -320,7 +332,7 @@ def test_an_unexpected_error_is_a_500_problem_with_a_log_line(
     def bug() -> Any:
         raise _Boom("an attestor's bug")
 
-    with caplog.at_level(logging.ERROR, logger=app.logger.name):
+    with _captured(caplog):
         response = app.test_client().get("/bug")
     assert response.status_code == 500
     assert response.mimetype == "application/problem+json"
@@ -354,7 +366,7 @@ def test_a_server_fault_in_the_tree_is_a_5xx_with_a_log_line(
         raise AttestationFailed("token expired")
 
     client = app.test_client()
-    with caplog.at_level(logging.INFO, logger="idmint.api"):
+    with _captured(caplog):
         got = {path: client.get(path) for path in ("/unavailable", "/mechanism", "/bad")}
     assert [got[p].status_code for p in got] == [503, 500, 401]
     assert got["/mechanism"].get_json()["type"].endswith("/hsm-unsupported-mechanism")
