@@ -73,6 +73,18 @@ class LimitsConfig:
         """The rule text of ``level`` (a key of LIMIT_KEYS); empty when it is off."""
         return str(getattr(self, LIMIT_KEYS[level]))
 
+    def with_rate_limit(self, rule: str | None, where: str = "--rate-limit") -> LimitsConfig:
+        """These limits with the old single ``rate_limit`` as per_address and per_identity.
+
+        ``None`` or ``"none"`` turns both off (``idmint server --rate-limit none``).
+        """
+        from dataclasses import replace
+
+        text = "" if rule is None or rule.strip().lower() == "none" else rule.strip()
+        made = replace(self, per_address=text, per_identity=text)
+        made.check(where)
+        return made
+
     def check(self, where: str) -> None:
         """Raise ConfigError naming the key that is wrong."""
         from limits import parse_many

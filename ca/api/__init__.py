@@ -16,13 +16,25 @@ from idmint.errors import IdmintError
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-def create_app(config: CAConfig, writer_socket: str | None = None) -> Flask:
+#: ``create_app(rate_limit=...)`` not given: the limits are ``config.limits``.
+FROM_CONFIG = "from-config"
+
+
+def create_app(
+    config: CAConfig, writer_socket: str | None = None, rate_limit: str | None = FROM_CONFIG
+) -> Flask:
     """A Flask app serving ``config``'s trust domain (services open lazily per process).
 
     ``writer_socket``: the Unix socket of the writer process that makes the
     issuance path's writes (see ca/writer.py); without it each process writes.
-    Rate limits come from ``config.limits`` (the ``[limits]`` section).
+    Rate limits come from ``config.limits`` (the ``[limits]`` section);
+    ``rate_limit`` (a rule, or None for none), kept for older callers,
+    replaces its per-address and per-identity rules.
     """
+    if rate_limit != FROM_CONFIG:
+        from dataclasses import replace
+
+        config = replace(config, limits=config.limits.with_rate_limit(rate_limit, "rate_limit"))
     app = Flask("idmint")
     app.config.update(
         IDMINT_CONFIG=config,

@@ -37,9 +37,9 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 
 from idmint.attestation.base import AttestationFailed
 from idmint.ca.api import metrics
-from idmint.ca.api.problems import from_error
+from idmint.ca.api.problems import problem, problem_for
 from idmint.ca.config import LIMIT_KEYS, LimitsConfig
-from idmint.ca.errors import CAError
+from idmint.ca.errors import RateLimited, RateLimitStoreUnavailable
 from idmint.errors import ConfigError
 
 log = logging.getLogger("idmint.limits")
@@ -56,32 +56,6 @@ STRATEGIES: dict[str, type[strategies.RateLimiter]] = {
 #: interval per worker, not one per request.
 PROBE_FIRST = 1.0
 PROBE_MAX = 15.0
-
-
-class RateLimited(CAError):
-    """Too many requests; retry after the time in Retry-After."""
-
-    code = "rate-limited"
-
-    def __init__(self, level: str, rule: str, key: str, retry_after: int) -> None:
-        super().__init__(
-            f"rate limit {rule} per {level.replace('_', ' ')} exceeded for {key}; "
-            f"retry in {retry_after} s"
-        )
-        self.level, self.rule, self.retry_after = level, rule, retry_after
-
-
-class RateLimitStoreUnavailable(CAError):
-    """The shared rate-limit store does not answer and this server refuses meanwhile."""
-
-    code = "rate-limit-store-unavailable"
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            "the rate-limit store does not answer and [limits] on_storage_error is "
-            f"'closed'; retry in {retry_after} s"
-        )
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -327,12 +301,17 @@ def init_app(app: Flask, limiter: Limiter) -> None:
 
 
 def _answer(error: RateLimited | RateLimitStoreUnavailable) -> Response:
-    response = from_error(error)
+    # Not from_error(): that logs every 5xx, and a store that is down is
+    # logged once per outage (Limiter._failed), not once per request.
+    found = problem_for(type(error))
+    title = (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
+    extra = (
+        {"level": error.level, "rule": error.rule, "retry_after": error.retry_after}
+        if isinstance(error, RateLimited)
+        else {}
+    )
+    response = problem(found.status, title, str(error), found.type, **extra)
     response.headers["Retry-After"] = str(error.retry_after)
-    if isinstance(error, RateLimited):
-        body = response.get_json()
-        body.update(level=error.level, rule=error.rule, retry_after=error.retry_after)
-        response.set_data(current_app.json.dumps(body))
     return response
 
 

@@ -117,10 +117,7 @@ def with_rate_limit(config: Any, rate_limit: str) -> Any:
     """``config`` with ``--rate-limit`` as its per-address and per-identity rules."""
     from dataclasses import replace
 
-    rule = "" if rate_limit.strip().lower() == "none" else rate_limit
-    limits = replace(config.limits, per_address=rule, per_identity=rule)
-    limits.check("--rate-limit")
-    return replace(config, limits=limits)
+    return replace(config, limits=config.limits.with_rate_limit(rate_limit))
 
 
 def prepare(config: Any, server_dir: Path | None, names: list[str]) -> tuple[Path, Path]:
