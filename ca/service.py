@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from idmint.ca.authority.authorities import ensure_authorities
+from idmint.ca.authority.checkpoints import AuditSettings
 from idmint.ca.config import CAConfig
 from idmint.ca.issuance.entries import EntryStore
 from idmint.ca.issuance.issuer import Issuer
@@ -50,6 +51,7 @@ class CAService:
                 intermediate_lifetime=timedelta(hours=config.intermediate_lifetime_hours),
                 jwt_algorithm_=config.jwt_algorithm,
                 jwt_lifetime=timedelta(hours=config.jwt_lifetime_hours),
+                audit_lifetime=AuditSettings.from_config(config).key_lifetime,
             )
             recorder = recorder or Recorder(database)
             issuer = Issuer(

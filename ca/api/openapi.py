@@ -68,6 +68,18 @@ PROOF = {
         "signature": {"type": "string", "description": "base64 signature by the SVID key"},
     },
 }
+CHECKPOINT = {
+    "type": "object",
+    "required": ["number", "seq", "hash", "time", "kid", "checkpoint"],
+    "properties": {
+        "number": {"type": "integer"},
+        "seq": {"type": "integer", "description": "audit event the checkpoint covers"},
+        "hash": {"type": "string", "description": "that event's chained SHA-256 (hex)"},
+        "time": {"type": "string", "format": "date-time"},
+        "kid": {"type": "string"},
+        "checkpoint": {"type": "string", "description": "compact JWS over the above"},
+    },
+}
 X509_RESPONSE = {
     "type": "object",
     "required": ["spiffe_id", "chain_pem", "bundle_pem", "serial", "expires_at"],
@@ -227,6 +239,38 @@ def document() -> dict[str, Any]:
             "/v1/jwks": {
                 "get": {
                     "summary": "JWT-SVID keys (OIDC JWKS)",
+                    "responses": {"200": _json({"type": "object"}), **_problems(*_COMMON)},
+                }
+            },
+            "/v1/audit/checkpoints": {
+                "get": {
+                    "summary": "The newest signed audit checkpoint (compact JWS, ES256)",
+                    "responses": {
+                        "200": _json(CHECKPOINT),
+                        **_problems(*_COMMON, 404),
+                    },
+                }
+            },
+            "/v1/audit/checkpoints/{number}": {
+                "parameters": [
+                    {
+                        "name": "number",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0},
+                    }
+                ],
+                "get": {
+                    "summary": "Audit checkpoint by number",
+                    "responses": {
+                        "200": _json(CHECKPOINT),
+                        **_problems(*_COMMON, 404),
+                    },
+                },
+            },
+            "/v1/audit/keys": {
+                "get": {
+                    "summary": "Audit checkpoint keys (JWKS; not in the SPIFFE bundle)",
                     "responses": {"200": _json({"type": "object"}), **_problems(*_COMMON)},
                 }
             },
