@@ -23,6 +23,7 @@ from idmint.ca.authority.authorities import (
     create_root,
     describe_root,
 )
+from idmint.ca.authority.checkpoints import sign_checkpoint
 from idmint.ca.errors import AlreadyInitialized
 from idmint.ca.spiffe_id import TrustDomain
 from idmint.ca.storage.db import Database, migrate
@@ -123,6 +124,7 @@ def initialize(
             root_key_id = PKCS11URI.parse(root.key_uri).id
             # The audit log is signed from its first event (the root's creation) on.
             audit_key_id = PKCS11URI.parse(create_audit_authority(keystore, database).key_uri).id
+            sign_checkpoint(keystore, database, domain.name)
         finally:
             database.close()
         # Written last: its presence marks a complete data directory.

@@ -30,6 +30,7 @@ from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AuthorityKind, AuthorityState
 from idmint.hsm import KeyStore
+from tests.audit_tamper import rewrite_from, truncate_to
 from tests.conftest import TRUST_DOMAIN
 
 pytestmark = pytest.mark.usefixtures("authorities")
@@ -137,39 +138,6 @@ def test_manual_activation_of_an_audit_key(keystore: KeyStore, database: Databas
     assert made is not None and made.kid == waiting.kid
 
 
-def _rewrite_from(database: Database, seq: int, subject: str) -> None:
-    """Edit event ``seq`` and re-hash every row after it and the head, consistently."""
-    from idmint.ca.storage.audit import _row_hash
-
-    with database.engine.begin() as connection:
-        rows = connection.execute(
-            text(
-                "SELECT seq, at, actor, action, subject, outcome, detail FROM audit_events "
-                "WHERE seq >= :s ORDER BY seq"
-            ),
-            {"s": seq},
-        ).all()
-        prev = connection.execute(
-            text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": seq - 1}
-        ).scalar_one()
-        for row in rows:
-            at = row.at if isinstance(row.at, datetime) else datetime.fromisoformat(row.at)
-            at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
-            new_subject = subject if row.seq == seq else row.subject
-            digest = _row_hash(
-                row.seq, at, row.actor, row.action, new_subject, row.outcome, row.detail, prev
-            )
-            connection.execute(
-                text(
-                    "UPDATE audit_events SET subject = :subj, prev_hash = :p, hash = :h "
-                    "WHERE seq = :s"
-                ),
-                {"subj": new_subject, "p": prev, "h": digest, "s": row.seq},
-            )
-            prev = digest
-        connection.execute(text("UPDATE audit_head SET hash = :h"), {"h": prev})
-
-
 def test_a_consistent_rewrite_fails_against_an_old_checkpoint_naming_the_row(
     keystore: KeyStore, database: Database
 ) -> None:
@@ -183,7 +151,7 @@ def test_a_consistent_rewrite_fails_against_an_old_checkpoint_naming_the_row(
     saved = tokens[-1]
     assert _check(keystore, database, saved).events == base + 5
     target = base + 3
-    _rewrite_from(database, target, "spiffe://example.org/evil")
+    rewrite_from(database.engine, target, "spiffe://example.org/evil")
     with database.reading() as session:
         assert audit.verify_database(session).events == base + 5  # the chain alone is fooled
     with pytest.raises(audit.AuditChainBroken, match=f"first event that differs is event {target}"):
@@ -205,14 +173,7 @@ def test_a_truncated_tail_with_a_fixed_head_fails(keystore: KeyStore, database: 
     _append(database, "a", "b", "c", "d")
     made = sign_checkpoint(keystore, database, TRUST_DOMAIN)
     assert made is not None
-    with database.engine.begin() as connection:
-        connection.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": made.seq - 2})
-        keep = connection.execute(
-            text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": made.seq - 2}
-        ).scalar_one()
-        connection.execute(
-            text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": made.seq - 2, "h": keep}
-        )
+    truncate_to(database.engine, made.seq - 2)
     with database.reading() as session:
         assert audit.verify_database(session).events == made.seq - 2  # the chain alone is fooled
     with pytest.raises(audit.AuditChainBroken, match="cut off the end"):
