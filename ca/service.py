@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from idmint.ca.anomaly.monitor import from_config as anomaly_monitor
 from idmint.ca.authority.authorities import ensure_authorities
 from idmint.ca.authority.checkpoints import AuditSettings
 from idmint.ca.config import CAConfig
@@ -54,6 +55,9 @@ class CAService:
                 audit_lifetime=AuditSettings.from_config(config).key_lifetime,
             )
             recorder = recorder or Recorder(database)
+            anomaly = anomaly_monitor(
+                database, config.extra.get("anomaly"), recorder, str(config.config_path)
+            )
             issuer = Issuer(
                 keystore,
                 database,
@@ -63,6 +67,7 @@ class CAService:
                 cache_seconds=config.cache_seconds,
                 crl_url=config.crl_url,
                 ocsp_url=config.ocsp_url,
+                anomaly=anomaly if anomaly.settings.enabled else None,
             )
         except BaseException:
             keystore.close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from idmint.ca.api import admin, audit, bundle, health, revocation, svid
+from idmint.ca.anomaly.monitor import REQUEST_SOURCE
+from idmint.ca.api import admin, anomaly, audit, bundle, health, revocation, svid
 from idmint.ca.api.openapi import document
 from idmint.ca.api.problems import from_error, from_http
 from idmint.ca.config import CAConfig
@@ -32,8 +33,13 @@ def create_app(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
     )
-    for module in (svid, bundle, admin, health, revocation, audit):
+    for module in (svid, bundle, admin, health, revocation, audit, anomaly):
         app.register_blueprint(module.blueprint)
+
+    @app.before_request
+    def remember_source() -> None:
+        # The anomaly response learns source networks; the issuer is not HTTP-aware.
+        REQUEST_SOURCE.set(request.remote_addr)
 
     @app.get("/v1/openapi.json")
     def openapi() -> Any:

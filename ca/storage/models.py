@@ -278,7 +278,8 @@ class AuditCheckpoint(Base):
 class AnomalyBaseline(Base):
     """What one registration entry's issuance usually looks like, and the standing decision.
 
-    One row per entry, shared by every replica (see ca.anomaly.baseline).
+    One row per entry, shared by every replica (see ca.anomaly.baseline);
+    the row ``*`` holds the trust domain's default policy and learning switch.
     """
 
     __tablename__ = "anomaly_baselines"
@@ -287,6 +288,8 @@ class AnomalyBaseline(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     #: Issuances observed so far (learning) and the start of the current minute.
     samples: Mapped[int] = mapped_column(Integer)
+    #: Closed minutes folded into the rate EWMA.
+    minutes: Mapped[int] = mapped_column(Integer)
     window_start: Mapped[datetime] = mapped_column(UTCDateTime())
     window_count: Mapped[int] = mapped_column(Integer)
     #: EWMA of issuances per minute over closed minutes, and of its squared deviation.
@@ -307,3 +310,5 @@ class AnomalyBaseline(Base):
     #: Per-entry policy: the strongest action allowed ("" = trust-domain default).
     policy: Mapped[str] = mapped_column(String(16), default="")
     exempt: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Learning frozen (``idmint anomaly policy --learn off``).
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("entry_id", sa.String(length=36), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("samples", sa.Integer(), nullable=False),
+        sa.Column("minutes", sa.Integer(), nullable=False),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("window_count", sa.Integer(), nullable=False),
         sa.Column("rate_mean", sa.Float(), nullable=False),
@@ -50,6 +51,7 @@ def upgrade() -> None:
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("policy", sa.String(length=16), nullable=False),
         sa.Column("exempt", sa.Boolean(), nullable=False),
+        sa.Column("frozen", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("entry_id"),
     )
 
