@@ -13,9 +13,10 @@ Pure functions over a :class:`Baseline`; no clock or database here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -25,6 +26,7 @@ RATE_ALPHA = 1 - 0.5 ** (1 / RATE_HALF_LIFE_MINUTES)
 CADENCE_ALPHA = 0.05
 #: Idle minutes folded in at most at once: past a week the EWMA is settled.
 MAX_IDLE_MINUTES = 7 * 1440
+ONE_MINUTE = timedelta(minutes=1)
 #: Members kept per seen-set (the newest replace the oldest).
 MAX_SET = 64
 #: Selector names that say where attestation evidence came from.
@@ -75,9 +77,9 @@ class Baseline:
         return math.sqrt(max(self.interval_var, 0.0))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Sample:
-    """One issuance request as the baseline sees it."""
+    """One issuance request as the baseline sees it (made per issuance: slots, not frozen)."""
 
     at: datetime
     kind: str
@@ -91,6 +93,7 @@ def minute_of(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
+@functools.lru_cache(maxsize=4096)
 def network_of(address: str | None) -> str | None:
     """The /24 (IPv4) or /64 (IPv6) network of an address; None if it is not one."""
     if not address:
@@ -103,7 +106,8 @@ def network_of(address: str | None) -> str | None:
     return str(ipaddress.ip_network(f"{parsed}/{prefix}", strict=False))
 
 
-def source_of(selectors: Sequence[str]) -> str | None:
+@functools.lru_cache(maxsize=4096)
+def source_of(selectors: tuple[str, ...]) -> str | None:
     """The attestation source in ``selectors`` (e.g. CI repository and ref), or None."""
     found = []
     for selector in selectors:
@@ -135,6 +139,8 @@ def advance(baseline: Baseline, now: datetime, learn: bool) -> None:
     A minute in which a throttle or stronger decision was taken is not
     learned: the baseline must not adopt the behaviour it reacted to.
     """
+    if now - baseline.window_start < ONE_MINUTE:
+        return  # the usual case: still in the current minute
     minute = minute_of(now)
     elapsed = int((minute - baseline.window_start) / timedelta(minutes=1))
     if elapsed <= 0:
@@ -168,8 +174,12 @@ def learn(baseline: Baseline, sample: Sample) -> None:
         baseline.interval_var = (1 - alpha) * (baseline.interval_var + alpha * delta * delta)
     baseline.samples += 1
     baseline.last_at = sample.at
-    if sample.network:
+    # Membership first: the usual sample brings nothing new, and copies nothing.
+    if sample.network and sample.network not in baseline.networks:
         baseline.networks = _remember(baseline.networks, [sample.network])
-    baseline.audiences = _remember(baseline.audiences, sample.audiences)
-    if sample.source:
+    for audience in sample.audiences:
+        if audience not in baseline.audiences:
+            baseline.audiences = _remember(baseline.audiences, sample.audiences)
+            break
+    if sample.source and sample.source not in baseline.sources:
         baseline.sources = _remember(baseline.sources, [sample.source])

@@ -54,7 +54,7 @@ class _Recorder(Protocol):
     def flush(self, timeout: float = 30.0) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     """What the issuer knows of a request when it asks."""
 
@@ -175,6 +175,8 @@ class AnomalyMonitor:
         )
 
     def _enforce(self, entry: _Entry, baseline: Baseline, request: Request) -> None:
+        if baseline.action is None:
+            return  # the usual case
         action = Action.parse(baseline.action) if baseline.action else Action.NONE
         why = baseline.reason or "no reason recorded"
         if action is Action.DENY:

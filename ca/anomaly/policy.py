@@ -168,6 +168,8 @@ def signals(baseline: Baseline, sample: Sample, settings: Settings) -> list[Sign
 
 def decide(found: Sequence[Signal], policy: str) -> Action:
     """The action ``found`` calls for under ``policy`` (an entry's or the default)."""
+    if not found:
+        return Action.NONE
     strongest = max((s.action for s in found), default=Action.NONE)
     cap = Action.parse(policy)
     if cap is Action.DENY:
