@@ -8,7 +8,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from idmint.ca.anomaly.monitor import REQUEST_SOURCE
-from idmint.ca.api import admin, anomaly, audit, bundle, health, revocation, svid
+from idmint.ca.api import admin, anomaly, audit, bundle, health, observe, revocation, svid
 from idmint.ca.api.openapi import document
 from idmint.ca.api.problems import from_error, from_http
 from idmint.ca.config import CAConfig
@@ -35,6 +35,9 @@ def create_app(
     )
     for module in (svid, bundle, admin, health, revocation, audit, anomaly):
         app.register_blueprint(module.blueprint)
+    log = config.extra.get("log", {}) or {}
+    observe.configure_logging(str(log.get("level", "info")), str(log.get("format", "logfmt")))
+    observe.init_app(app)
 
     @app.before_request
     def remember_source() -> None:
