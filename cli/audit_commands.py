@@ -270,6 +270,12 @@ def syslog_handler(address: str) -> logging.Handler:
         )
     except OSError as error:
         raise ConfigError(f"cannot reach syslog at {address}: {error.strerror or error}") from None
+    # Python 3.11+ defers a failed Unix-socket connect to the first record,
+    # which logging would only print as a traceback: refuse it now instead.
+    connected = getattr(handler, "socket", None)
+    if connected is None or connected.fileno() == -1:
+        handler.close()
+        raise ConfigError(f"cannot reach syslog at {address}: no such socket")
     handler.ident = "idmint-audit: "
     # TCP syslog frames end at a newline (RFC 6587 non-transparent framing).
     handler.append_nul = kind == socket.SOCK_DGRAM
