@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from idmint.errors import IdmintError
+from idmint.errors import ClientError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 # from_directory() needs neither.
 
 
-class WorkloadError(IdmintError):
+class WorkloadError(ClientError):
     """The server refused or could not be reached."""
 
     code = "workload-error"

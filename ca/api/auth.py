@@ -23,22 +23,10 @@ from flask import request
 
 from idmint.ca.api.context import state
 from idmint.ca.api.observe import set_caller
-from idmint.ca.errors import CAError
+from idmint.ca.errors import Forbidden, Unauthenticated
 from idmint.ca.issuance.pop import verify_proof
 
 PROOF_HEADER = "X-Idmint-Proof"
-
-
-class Unauthenticated(CAError):
-    """The admin API needs an admin identity."""
-
-    code = "unauthenticated"
-
-
-class Forbidden(CAError):
-    """The caller is authenticated but not an admin."""
-
-    code = "forbidden"
 
 
 def request_payload() -> bytes:

@@ -14,15 +14,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from idmint.ca.api.context import state
 from idmint.ca.authority.authorities import JWT_KEY_TYPES
-from idmint.ca.errors import CAError
+from idmint.ca.errors import InvalidQuery
 
 blueprint = Blueprint("bundle", __name__)
-
-
-class InvalidQuery(CAError):
-    """A query parameter of this request is not one this endpoint takes."""
-
-    code = "invalid-query"
 
 
 @blueprint.get("/v1/bundle")

@@ -40,7 +40,7 @@ class APIState:
 
     def attest(self, evidence: Any, now: datetime | None = None) -> Attested:
         """Run the attestor the evidence names and spend its one-time keys."""
-        from idmint.ca.api.svid import BadRequest  # the API's error; svid imports this module
+        from idmint.ca.errors import BadRequest
 
         enabled = ", ".join(sorted(self.attestors))
         if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
@@ -123,8 +123,11 @@ def _start_rotation(service: CAService) -> None:
     """Each worker checks for due rotations and audit checkpoints; the database lets one act."""
     import logging
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from idmint.ca.authority.checkpoints import AuditSettings, checkpoint_due
     from idmint.ca.authority.rotation import RotationPolicy, rotate_due
+    from idmint.errors import IdmintError
 
     log = logging.getLogger("idmint.rotation")
     policy = RotationPolicy.from_config(service.config)
@@ -142,8 +145,13 @@ def _start_rotation(service: CAService) -> None:
                 checkpoint_due(
                     service.keystore, service.database, service.trust_domain.name, audit_settings
                 )
-            except Exception:  # keep rotating after a passing failure (HSM, database)
-                log.exception("rotation check failed")
+            except (IdmintError, SQLAlchemyError, OSError) as error:
+                # A passing failure (HSM, database, writer): the next round retries.
+                log.warning("rotation check failed, retrying in %ss: %s", ROTATION_INTERVAL, error)
+            except Exception:
+                # A bug: retrying would hide it behind a warning every 10 s.
+                log.exception("rotation check failed unexpectedly; rotation stopped in this worker")
+                raise
             threading.Event().wait(ROTATION_INTERVAL)
 
     threading.Thread(target=loop, name="idmint-rotation", daemon=True).start()

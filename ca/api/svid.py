@@ -13,19 +13,13 @@ from idmint.ca.api import metrics
 from idmint.ca.api.context import state
 from idmint.ca.api.limits import limit
 from idmint.ca.api.observe import set_caller
-from idmint.ca.errors import CAError
+from idmint.ca.errors import BadRequest
 from idmint.ca.issuance.issuer import X509SVID
 from idmint.ca.issuance.pop import issuer_kid, jwt_payload, verify_proof
 from idmint.ca.x509.csr import check_csr
 from idmint.errors import IdmintError
 
 blueprint = Blueprint("svid", __name__)
-
-
-class BadRequest(CAError):
-    """The request body is not what this endpoint takes."""
-
-    code = "bad-request"
 
 
 def body() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import AmbiguousEntry, EntryNotFound, InvalidEntry, NoMatchingEntry
 from idmint.ca.spiffe_id import SpiffeID, TrustDomain
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -32,30 +32,6 @@ JWT_TTL_RANGE = (timedelta(minutes=1), timedelta(minutes=15))
 # type:value, where the value may itself contain colons (oidc:github:ref:refs/heads/main).
 _SELECTOR = re.compile(r"^[a-z][a-z0-9_]*:[^\s]+$")
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
-class InvalidEntry(CAError):
-    """A registration entry's fields are invalid."""
-
-    code = "invalid-entry"
-
-
-class EntryNotFound(CAError):
-    """No entry has this id."""
-
-    code = "entry-not-found"
-
-
-class NoMatchingEntry(CAError):
-    """The workload's selectors match no usable entry."""
-
-    code = "no-matching-entry"
-
-
-class AmbiguousEntry(CAError):
-    """Several SPIFFE IDs match and the request did not say which one."""
-
-    code = "ambiguous-entry"
 
 
 @dataclass(frozen=True)

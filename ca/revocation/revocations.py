@@ -20,7 +20,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import (
+    AlreadyRevoked,
+    CredentialNotFound,
+    InvalidRevocationReason,
+    InvalidSerial,
+)
 from idmint.ca.issuance.entries import EntryNotFound
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -29,24 +34,6 @@ from idmint.ca.storage.models import CredentialKind, Entry, IssuedCredential, Re
 REASONS = frozenset(
     {"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"}
 )
-
-
-class CredentialNotFound(CAError):
-    """No credential with this serial or jti was issued here (or it expired)."""
-
-    code = "not-found"
-
-
-class InvalidSerial(CAError):
-    """An X509-SVID serial number must be hexadecimal."""
-
-    code = "invalid-serial"
-
-
-class AlreadyRevoked(CAError):
-    """The credential is already revoked."""
-
-    code = "already-revoked"
 
 
 @dataclass(frozen=True)
@@ -60,7 +47,9 @@ class Revoked:
 
 def _check_reason(reason: str) -> None:
     if reason not in REASONS:
-        raise CAError(f"revocation reason {reason!r} is not one of {sorted(REASONS)}")
+        raise InvalidRevocationReason(
+            f"revocation reason {reason!r} is not one of {sorted(REASONS)}"
+        )
 
 
 def _revoke_rows(
