@@ -43,7 +43,7 @@ _SWITCHES = ("policy", "exempt", "frozen")
 class BaselineNotFound(CAError):
     """No baseline for this entry (it has not issued anything yet)."""
 
-    code = "not-found"
+    code = "anomaly-baseline-not-found"
 
 
 def to_baseline(row: AnomalyBaseline) -> Baseline:

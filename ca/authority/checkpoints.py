@@ -80,7 +80,7 @@ class CheckpointInvalid(CAError):
 class CheckpointNotFound(CAError):
     """No checkpoint with this number (or none yet)."""
 
-    code = "not-found"
+    code = "audit-checkpoint-not-found"
 
 
 @dataclass(frozen=True)
