@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from idmint.ca.anomaly.monitor import from_config as anomaly_monitor
 from idmint.ca.authority.authorities import ensure_authorities
+from idmint.ca.authority.checkpoints import AuditSettings
 from idmint.ca.config import CAConfig
 from idmint.ca.issuance.entries import EntryStore
 from idmint.ca.issuance.issuer import Issuer
@@ -50,8 +52,12 @@ class CAService:
                 intermediate_lifetime=timedelta(hours=config.intermediate_lifetime_hours),
                 jwt_algorithm_=config.jwt_algorithm,
                 jwt_lifetime=timedelta(hours=config.jwt_lifetime_hours),
+                audit_lifetime=AuditSettings.from_config(config).key_lifetime,
             )
             recorder = recorder or Recorder(database)
+            anomaly = anomaly_monitor(
+                database, config.extra.get("anomaly"), recorder, str(config.config_path)
+            )
             issuer = Issuer(
                 keystore,
                 database,
@@ -61,6 +67,7 @@ class CAService:
                 cache_seconds=config.cache_seconds,
                 crl_url=config.crl_url,
                 ocsp_url=config.ocsp_url,
+                anomaly=anomaly if anomaly.settings.enabled else None,
             )
         except BaseException:
             keystore.close()

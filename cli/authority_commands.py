@@ -100,7 +100,22 @@ def _with_keystore(
                 raise click.UsageError("revoke needs --id (see idmint authority list)")
             with KeyStore(config.hsm) as keystore:
                 rows = [revoke(keystore, database, authority_id, actor)]
+        _anchor(config, database)
     _show(rows, output)
+
+
+def _anchor(config: CAConfig, database: Database) -> None:
+    """Sign an audit checkpoint over the change just made (every authority change is)."""
+    from idmint.ca.authority.checkpoints import AuditSettings, checkpoint_due
+    from idmint.errors import IdmintError
+
+    try:
+        with KeyStore(config.hsm) as keystore:
+            checkpoint_due(
+                keystore, database, config.trust_domain, AuditSettings.from_config(config)
+            )
+    except IdmintError as error:  # the change stands; a running server anchors it later
+        click.echo(f"warning: no audit checkpoint signed for this change: {error}", err=True)
 
 
 def _verb(name: str, help_text: str) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+<<<<<<< HEAD
 from idmint.ca.api import admin, bundle, health, limits, observe, revocation, svid
+=======
+from idmint.ca.anomaly.monitor import REQUEST_SOURCE
+from idmint.ca.api import admin, anomaly, audit, bundle, health, observe, revocation, svid
+>>>>>>> audit
 from idmint.ca.api.openapi import document
 from idmint.ca.api.problems import from_error, from_http
 from idmint.ca.config import CAConfig
@@ -42,13 +47,18 @@ def create_app(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
     )
-    for module in (svid, bundle, admin, health, revocation):
+    for module in (svid, bundle, admin, health, revocation, audit, anomaly):
         app.register_blueprint(module.blueprint)
     limiter = limits.Limiter(config.limits, config.trust_domain, limits.audit_if_bounded)
     limits.init_app(app, limiter)
     log = config.extra.get("log", {}) or {}
     observe.configure_logging(str(log.get("level", "info")), str(log.get("format", "logfmt")))
     observe.init_app(app)
+
+    @app.before_request
+    def remember_source() -> None:
+        # The anomaly response learns source networks; the issuer is not HTTP-aware.
+        REQUEST_SOURCE.set(request.remote_addr)
 
     @app.get("/v1/openapi.json")
     def openapi() -> Any:

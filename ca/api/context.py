@@ -126,16 +126,18 @@ ROTATION_INTERVAL = 10.0
 
 
 def _start_rotation(service: CAService) -> None:
-    """Each worker checks for due rotations; the database lets one of them act."""
+    """Each worker checks for due rotations and audit checkpoints; the database lets one act."""
     import logging
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from idmint.ca.authority.checkpoints import AuditSettings, checkpoint_due
     from idmint.ca.authority.rotation import RotationPolicy, rotate_due
     from idmint.errors import IdmintError
 
     log = logging.getLogger("idmint.rotation")
     policy = RotationPolicy.from_config(service.config)
+    audit_settings = AuditSettings.from_config(service.config)
 
     def loop() -> None:
         while True:
@@ -145,6 +147,10 @@ def _start_rotation(service: CAService) -> None:
                     service.issuer.invalidate()
                 # Replay records and nonces are only needed until they expire.
                 UsedEvidenceLedger(service.database).purge(datetime.now(UTC))
+                # After rotating: a key change is anchored in the same round.
+                checkpoint_due(
+                    service.keystore, service.database, service.trust_domain.name, audit_settings
+                )
             except (IdmintError, SQLAlchemyError, OSError) as error:
                 # A passing failure (HSM, database, writer): the next round retries.
                 log.warning("rotation check failed, retrying in %ss: %s", ROTATION_INTERVAL, error)

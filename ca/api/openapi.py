@@ -68,6 +68,26 @@ PROOF = {
         "signature": {"type": "string", "description": "base64 signature by the SVID key"},
     },
 }
+ANOMALY_POLICY = {
+    "type": "object",
+    "properties": {
+        "policy": {"type": "string", "enum": ["observe", "throttle", "step-up", "deny", ""]},
+        "learn": {"type": "boolean"},
+        "exempt": {"type": "boolean"},
+    },
+}
+CHECKPOINT = {
+    "type": "object",
+    "required": ["number", "seq", "hash", "time", "kid", "checkpoint"],
+    "properties": {
+        "number": {"type": "integer"},
+        "seq": {"type": "integer", "description": "audit event the checkpoint covers"},
+        "hash": {"type": "string", "description": "that event's chained SHA-256 (hex)"},
+        "time": {"type": "string", "format": "date-time"},
+        "kid": {"type": "string"},
+        "checkpoint": {"type": "string", "description": "compact JWS over the above"},
+    },
+}
 X509_RESPONSE = {
     "type": "object",
     "required": ["spiffe_id", "chain_pem", "bundle_pem", "serial", "expires_at"],
@@ -228,6 +248,79 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "JWT-SVID keys (OIDC JWKS)",
                     "responses": {"200": _json({"type": "object"}), **_problems(*_COMMON)},
+                }
+            },
+            "/v1/audit/checkpoints": {
+                "get": {
+                    "summary": "The newest signed audit checkpoint (compact JWS, ES256)",
+                    "responses": {
+                        "200": _json(CHECKPOINT),
+                        **_problems(*_COMMON, 404),
+                    },
+                }
+            },
+            "/v1/audit/checkpoints/{number}": {
+                "parameters": [
+                    {
+                        "name": "number",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0},
+                    }
+                ],
+                "get": {
+                    "summary": "Audit checkpoint by number",
+                    "responses": {
+                        "200": _json(CHECKPOINT),
+                        **_problems(*_COMMON, 404),
+                    },
+                },
+            },
+            "/v1/audit/keys": {
+                "get": {
+                    "summary": "Audit checkpoint keys (JWKS; not in the SPIFFE bundle)",
+                    "responses": {"200": _json({"type": "object"}), **_problems(*_COMMON)},
+                }
+            },
+            "/v1/anomalies": {
+                "get": {
+                    "summary": "Anomaly baselines and standing decisions",
+                    "security": ADMIN_SECURITY,
+                    "responses": {"200": _json({"type": "object"}), **_problems(*_ADMIN)},
+                }
+            },
+            "/v1/anomalies/{entry_id}": {
+                "parameters": [entry_id],
+                "get": {
+                    "summary": "One entry's anomaly baseline and decision",
+                    "security": ADMIN_SECURITY,
+                    "responses": {"200": _json({"type": "object"}), **_problems(*_ADMIN)},
+                },
+                "delete": {
+                    "summary": "Clear the entry's anomaly decision (?forget=true: and baseline)",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [
+                        {
+                            "name": "forget",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["true", "false"]},
+                        }
+                    ],
+                    "responses": {"200": _json({"type": "object"}), **_problems(*_ADMIN)},
+                },
+                "patch": {
+                    "summary": "Set the entry's anomaly policy, learning, exemption",
+                    "security": ADMIN_SECURITY,
+                    "requestBody": _body(ANOMALY_POLICY),
+                    "responses": {"200": _json({"type": "object"}), **_problems(*_ADMIN)},
+                },
+            },
+            "/v1/anomaly-policy": {
+                "patch": {
+                    "summary": "Set the trust domain's default anomaly policy and learning",
+                    "security": ADMIN_SECURITY,
+                    "requestBody": _body(ANOMALY_POLICY),
+                    "responses": {"200": _json({"type": "object"}), **_problems(*_ADMIN)},
                 }
             },
             "/.well-known/openid-configuration": {

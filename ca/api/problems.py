@@ -24,6 +24,9 @@ from werkzeug.exceptions import HTTPException
 
 from idmint.attestation import errors as attestation
 from idmint.ca import errors as ca
+from idmint.ca.anomaly import errors as anomaly_errors
+from idmint.ca.anomaly import store as anomaly_store
+from idmint.ca.authority import checkpoints
 from idmint.ca.server.errors import ServerError
 from idmint.errors import ClientError, ConfigError, IdmintError
 from idmint.hsm import errors as hsm
@@ -95,6 +98,13 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     ca.Forbidden: _p(403, "forbidden"),
     ca.RateLimited: _p(429, "rate-limited"),
     ca.RateLimitStoreUnavailable: _p(503, "rate-limit-store-unavailable"),
+    # ca/anomaly/ and audit checkpoints (issue 15)
+    anomaly_errors.AnomalyThrottled: _p(429, "anomaly-throttled"),
+    anomaly_errors.StepUpRequired: _p(401, "step-up-required"),
+    anomaly_errors.AnomalyDenied: _p(403, "anomaly-denied"),
+    anomaly_store.BaselineNotFound: _p(404, "anomaly-baseline-not-found"),
+    checkpoints.CheckpointInvalid: _p(400, "audit-checkpoint-invalid"),
+    checkpoints.CheckpointNotFound: _p(404, "audit-checkpoint-not-found"),
     ca.InvalidQuery: _p(400, "invalid-query"),
     ca.BadRequest: _p(400, "bad-request"),
     ServerError: _p(500, "server-error"),

@@ -1,13 +1,16 @@
 """Authorities: CA and JWT signing keys in the HSM, with their state in the database.
 
-Three kinds (DESIGN.md, Keys and authorities): the root (self-signed, made by
-``idmint init``), the intermediate that signs X509-SVIDs, and the JWT key that
-signs JWT-SVIDs. Several of each kind may exist (prepared, active, retired,
-removed, tainted); the database allows one active per kind, so replicas that
-race to create one settle it there, and the loser destroys its new key.
+Four kinds (DESIGN.md, Keys and authorities): the root (self-signed, made by
+``idmint init``), the intermediate that signs X509-SVIDs, the JWT key that
+signs JWT-SVIDs, and the audit key that signs checkpoints of the audit log
+(ca/authority/checkpoints.py; never in the SPIFFE bundle). Several of each
+kind may exist (prepared, active, retired, removed, tainted); the database
+allows one active per kind, so replicas that race to create one settle it
+there, and the loser destroys its new key.
 
-Every change raises the bundle's ``spiffe_sequence`` and is audited in the
-same transaction as the change itself.
+Every change is audited in the same transaction as the change itself, and
+raises the bundle's ``spiffe_sequence`` unless it is an audit authority's
+(the bundle does not carry those).
 """
 
 from __future__ import annotations
@@ -111,7 +114,8 @@ def _record(
         with database.session() as session:
             session.add(row)
             session.flush()
-            bump_bundle_sequence(session, row.created_at)
+            if row.kind is not AuthorityKind.AUDIT:
+                bump_bundle_sequence(session, row.created_at)
             audit.append(
                 session,
                 [
@@ -276,6 +280,42 @@ def create_jwt_authority(
     return _record(keystore, database, key, row, actor)
 
 
+#: The audit authority signs checkpoints with ES256 (a P-256 key): every HSM
+#: and every JOSE library has it.
+AUDIT_ALGORITHM = "ES256"
+AUDIT_LABEL_PREFIX = f"idmint-{AuthorityKind.AUDIT.value}-"
+
+
+def create_audit_authority(
+    keystore: KeyStore,
+    database: Database,
+    lifetime: timedelta = timedelta(days=30),
+    state: AuthorityState = AuthorityState.ACTIVE,
+    now: datetime | None = None,
+    actor: str = "system",
+) -> Authority:
+    """A new audit checkpoint signing key in the HSM; its kid is the JWK thumbprint."""
+    now = now or datetime.now(UTC)
+    label = _label(AuthorityKind.AUDIT, now)
+    key = keystore.generate(KeyType.EC_P256, label)
+    public = key.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    row = Authority(
+        kind=AuthorityKind.AUDIT,
+        state=state,
+        key_uri=keystore.uri_for(label, key.key_id),
+        key_type=f"{KeyType.EC_P256.value}/{AUDIT_ALGORITHM}",
+        kid=jwk_thumbprint_kid(public),
+        certificate_pem=None,
+        public_key_pem=_public_pem(key),
+        not_before=now,
+        not_after=now + lifetime,
+        created_at=now,
+        updated_at=now,
+    )
+    return _record(keystore, database, key, row, actor)
+
+
 def jwt_algorithm(authority: Authority) -> str:
     """The JWS algorithm a JWT authority signs with."""
     return authority.key_type.rsplit("/", 1)[-1]
@@ -296,8 +336,9 @@ def ensure_authorities(
     jwt_algorithm_: str = "ES256",
     jwt_lifetime: timedelta = timedelta(hours=24),
     now: datetime | None = None,
+    audit_lifetime: timedelta = timedelta(days=30),
 ) -> None:
-    """Create an active intermediate and JWT authority where none is active.
+    """Create an active intermediate, JWT and audit authority where none is active.
 
     Safe to run from every replica at startup: a replica that loses the race
     finds the winner's authority and keeps it.
@@ -318,6 +359,12 @@ def ensure_authorities(
     if not authorities(database, AuthorityKind.JWT, AuthorityState.ACTIVE):
         try:
             create_jwt_authority(keystore, database, jwt_algorithm_, jwt_lifetime, now=now)
+        except AuthorityConflict:
+            pass  # likewise
+    # Data directories made before audit checkpoints existed get their key here.
+    if not authorities(database, AuthorityKind.AUDIT, AuthorityState.ACTIVE):
+        try:
+            create_audit_authority(keystore, database, audit_lifetime, now=now)
         except AuthorityConflict:
             pass  # likewise
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from cryptography import x509
 
 from idmint.ca import config as ca_config
-from idmint.ca.authority.authorities import RootInfo, authorities, create_root, describe_root
+from idmint.ca.authority.authorities import (
+    RootInfo,
+    authorities,
+    create_audit_authority,
+    create_root,
+    describe_root,
+)
+from idmint.ca.authority.checkpoints import sign_checkpoint
 from idmint.ca.errors import AlreadyInitialized
 from idmint.ca.spiffe_id import TrustDomain
 from idmint.ca.storage.db import Database, migrate
@@ -73,6 +80,7 @@ def initialize(
     created_dir = not data_dir.exists()
     keystore: KeyStore | None = None
     root_key_id: bytes | None = None
+    audit_key_id: bytes | None = None
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         hsm_section: dict[str, object]
@@ -113,9 +121,12 @@ def initialize(
             root = create_root(
                 keystore, database, domain.name, parsed_key_type, lifetime=root_lifetime
             )
+            root_key_id = PKCS11URI.parse(root.key_uri).id
+            # The audit log is signed from its first event (the root's creation) on.
+            audit_key_id = PKCS11URI.parse(create_audit_authority(keystore, database).key_uri).id
+            sign_checkpoint(keystore, database, domain.name)
         finally:
             database.close()
-        root_key_id = PKCS11URI.parse(root.key_uri).id
         # Written last: its presence marks a complete data directory.
         (data_dir / ca_config.CONFIG_NAME).write_text(
             ca_config.render(
@@ -132,8 +143,10 @@ def initialize(
             encoding="utf-8",
         )
     except BaseException:
-        if keystore is not None and root_key_id is not None and external is not None:
-            keystore.destroy(root_key_id)
+        if keystore is not None and external is not None:
+            for key_id in (root_key_id, audit_key_id):
+                if key_id is not None:
+                    keystore.destroy(key_id)
         if created_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
         else:  # it was empty before this call: empty it again

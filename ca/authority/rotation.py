@@ -18,10 +18,11 @@ Every transition is one database transaction with its audit event and a new
 bundle sequence number; the partial unique indexes (one active, one prepared
 per kind) make replicas that race on the same transition settle on one.
 
-Intermediate and JWT authorities rotate by themselves (:func:`rotate_due`):
-a successor is prepared at 1/2 of the active one's life, activated at 5/6,
-and a retired one is removed, and its HSM key destroyed, once everything it
-signed has expired.
+Intermediate, JWT and audit authorities rotate by themselves
+(:func:`rotate_due`): a successor is prepared at 1/2 of the active one's
+life, activated at 5/6, and a retired intermediate or JWT authority is
+removed, and its HSM key destroyed, once everything it signed has expired.
+A retired audit authority is kept: old checkpoints are verified with its key.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from idmint.ca.authority.authorities import (
     AuthorityConflict,
     authorities,
     bump_bundle_sequence,
+    create_audit_authority,
     create_intermediate,
     create_jwt_authority,
     create_root,
@@ -70,10 +72,14 @@ class RotationPolicy:
     jwt_lifetime: timedelta = timedelta(hours=24)
     root_key_type: KeyType = KeyType.EC_P256
     root_lifetime: timedelta = timedelta(days=365)
+    audit_lifetime: timedelta = timedelta(days=30)
 
     @classmethod
     def from_config(cls, config: CAConfig) -> RotationPolicy:
+        from idmint.ca.authority.checkpoints import AuditSettings
+
         return cls(
+            audit_lifetime=AuditSettings.from_config(config).key_lifetime,
             trust_domain=config.trust_domain,
             intermediate_key_type=KeyType.parse(config.intermediate_key_type),
             intermediate_lifetime=timedelta(hours=config.intermediate_lifetime_hours),
@@ -103,7 +109,8 @@ def _one(database: Database, kind: AuthorityKind, state: AuthorityState) -> Auth
 def _event(
     session: Session, action: str, row: Authority, actor: str, now: datetime, **detail: object
 ) -> None:
-    bump_bundle_sequence(session, now)
+    if row.kind is not AuthorityKind.AUDIT:  # not in the bundle
+        bump_bundle_sequence(session, now)
     audit.append(
         session,
         [
@@ -152,6 +159,10 @@ def prepare(
                 AuthorityState.PREPARED,
                 now,
                 actor,
+            )
+        if kind is AuthorityKind.AUDIT:
+            return create_audit_authority(
+                keystore, database, policy.audit_lifetime, AuthorityState.PREPARED, now, actor
             )
         return create_jwt_authority(
             keystore,
@@ -337,7 +348,7 @@ def rotate_due(
     """Run the automatic transitions that are due; return what was done."""
     now = now or datetime.now(UTC)
     done: list[str] = []
-    for kind in (AuthorityKind.INTERMEDIATE, AuthorityKind.JWT):
+    for kind in (AuthorityKind.INTERMEDIATE, AuthorityKind.JWT, AuthorityKind.AUDIT):
         active = authorities(database, kind, AuthorityState.ACTIVE)
         if not active:
             continue
@@ -356,6 +367,10 @@ def rotate_due(
                 done.append(f"activated {kind.value} {waiting[-1].id}")
             except InvalidTransition:
                 pass  # another replica did it
+        if kind is AuthorityKind.AUDIT:
+            # A retired audit key stays: its HSM public key is what proves
+            # the checkpoints it signed (ca/authority/checkpoints.py).
+            continue
         for old in authorities(database, kind, AuthorityState.RETIRED):
             if now >= old.updated_at + MAX_CREDENTIAL_LIFETIME[kind] or now >= old.not_after:
                 if _remove_retired(database, old.id, now, actor):

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
+from idmint.ca.anomaly.monitor import AnomalyCheck, NoCheck, Request
 from idmint.ca.authority.authorities import active, jwt_algorithm, signing_key
 from idmint.ca.errors import AudienceNotAllowed
 from idmint.ca.issuance.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, match
@@ -106,6 +107,7 @@ class Issuer:
         clock: Clock | None = None,
         crl_url: str | None = None,
         ocsp_url: str | None = None,
+        anomaly: AnomalyCheck | None = None,
     ) -> None:
         self.keystore = keystore
         self.database = database
@@ -117,6 +119,7 @@ class Issuer:
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.crl_url = crl_url
         self.ocsp_url = ocsp_url
+        self.anomaly: AnomalyCheck = anomaly or NoCheck()
         self._entries = EntryStore(database, trust_domain)
         self._lock = threading.Lock()
         self._state: _State | None = None
@@ -256,6 +259,7 @@ class Issuer:
             now = self.clock()
             state, entry = self._match(state, selectors, now, spiffe_id, granted)
             check_requested_names(checked, entry.spiffe_id, entry.dns_names)
+            self.anomaly.check(entry, Request("x509", now, tuple(selectors)))
             ca = state.ca
             not_before, not_after = svid_window(
                 now, timedelta(seconds=entry.x509_ttl_seconds), ca.certificate.not_valid_after_utc
@@ -326,6 +330,7 @@ class Issuer:
                         f"the entry for {entry.spiffe_id} does not allow audience(s) {refused}; "
                         f"allowed: {list(entry.audiences)}"
                     )
+            self.anomaly.check(entry, Request("jwt", now, tuple(selectors), tuple(audiences)))
             jwt = state.jwt
             claims = jwt_svid_claims(
                 entry.spiffe_id,

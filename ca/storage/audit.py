@@ -179,3 +179,88 @@ def verify_database(session: Session) -> VerifyReport:
     head = session.scalars(select(AuditHead).where(AuditHead.id == 1)).one()
     rows = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000)
     return verify(rows, head)
+
+
+# -- reading the log (idmint audit list / export) -----------------------------
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An audit event as stored, for people and log shippers."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    outcome: str
+    detail: Mapping[str, Any]
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "outcome": self.outcome,
+            "detail": dict(self.detail),
+            "hash": self.hash,
+        }
+
+
+def _logged(row: AuditEvent) -> LoggedEvent:
+    try:
+        detail = json.loads(row.detail)
+    except ValueError:
+        detail = {"unparsed": row.detail}  # shown as stored; verify says if it was edited
+    return LoggedEvent(
+        row.seq, row.at, row.actor, row.action, row.subject, row.outcome, detail, row.hash
+    )
+
+
+def read_events(
+    session: Session,
+    *,
+    after_seq: int = 0,
+    since: datetime | None = None,
+    action: str | None = None,
+    subject: str | None = None,
+    limit: int | None = None,
+) -> list[LoggedEvent]:
+    """Events after ``after_seq`` in chain order, optionally filtered.
+
+    ``action`` matches the action itself or any action under it
+    (``authority`` matches ``authority.activate.root``); ``subject`` matches
+    exactly.
+    """
+    query = select(AuditEvent).where(AuditEvent.seq > after_seq).order_by(AuditEvent.seq)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if action:
+        query = query.where(
+            (AuditEvent.action == action) | AuditEvent.action.startswith(action + ".")
+        )
+    if subject:
+        query = query.where(AuditEvent.subject == subject)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_logged(row) for row in session.scalars(query)]
+
+
+@dataclass(frozen=True)
+class LogSummary:
+    """The head and the time the log spans."""
+
+    head_seq: int
+    head_hash: str
+    first_at: datetime | None
+    last_at: datetime | None
+
+
+def summary(session: Session) -> LogSummary:
+    head = session.scalars(select(AuditHead).where(AuditHead.id == 1)).one()
+    first = session.scalar(select(AuditEvent.at).order_by(AuditEvent.seq).limit(1))
+    last = session.scalar(select(AuditEvent.at).order_by(AuditEvent.seq.desc()).limit(1))
+    return LogSummary(head.seq, head.hash, first, last)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -60,6 +61,9 @@ class AuthorityKind(enum.StrEnum):
     ROOT = "root"
     INTERMEDIATE = "intermediate"
     JWT = "jwt"
+    #: Signs checkpoints of the audit log's head; published at /v1/audit/keys,
+    #: never in the SPIFFE bundle.
+    AUDIT = "audit"
 
 
 class AuthorityState(enum.StrEnum):
@@ -250,3 +254,61 @@ class UsedEvidence(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     used_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint of the audit head (see ca.authority.checkpoints).
+
+    ``token`` is a compact JWS by an audit authority over ``seq``, ``hash``
+    and the time: a database administrator can delete these rows but cannot
+    forge one, so each row anchors the chain up to ``seq``.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Unique: replicas racing to sign the same head store one checkpoint.
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kid: Mapped[str] = mapped_column(String(128))
+    token: Mapped[str] = mapped_column(Text)
+
+
+class AnomalyBaseline(Base):
+    """What one registration entry's issuance usually looks like, and the standing decision.
+
+    One row per entry, shared by every replica (see ca.anomaly.baseline);
+    the row ``*`` holds the trust domain's default policy and learning switch.
+    """
+
+    __tablename__ = "anomaly_baselines"
+
+    entry_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Issuances observed so far (learning) and the start of the current minute.
+    samples: Mapped[int] = mapped_column(Integer)
+    #: Closed minutes folded into the rate EWMA.
+    minutes: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_count: Mapped[int] = mapped_column(Integer)
+    #: EWMA of issuances per minute over closed minutes, and of its squared deviation.
+    rate_mean: Mapped[float] = mapped_column(Float)
+    rate_var: Mapped[float] = mapped_column(Float)
+    #: EWMA of seconds between issuances (renewal cadence) and its variance.
+    interval_mean: Mapped[float] = mapped_column(Float)
+    interval_var: Mapped[float] = mapped_column(Float)
+    last_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Seen source networks, audiences and attestation sources (sorted, bounded).
+    networks: Mapped[list[str]] = mapped_column(JSON)
+    audiences: Mapped[list[str]] = mapped_column(JSON)
+    sources: Mapped[list[str]] = mapped_column(JSON)
+    #: The standing decision (throttle, step-up, deny) until cleared, and why.
+    action: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Per-entry policy: the strongest action allowed ("" = trust-domain default).
+    policy: Mapped[str] = mapped_column(String(16), default="")
+    exempt: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Learning frozen (``idmint anomaly policy --learn off``).
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -58,9 +58,11 @@ def test_ensure_authorities_is_idempotent_and_bumps_the_bundle(
     assert len(authorities(database, AuthorityKind.INTERMEDIATE)) == 1
     assert len(authorities(database, AuthorityKind.JWT)) == 1
     bundle = load_bundle(database, "example.org")
+    # The audit key is not in the bundle: creating it does not bump it.
+    assert len(authorities(database, AuthorityKind.AUDIT)) == 1
     assert bundle.sequence == sequence_before + 2
-    # Keys: root, intermediate, JWT; no stray key from the second call.
-    assert len(keystore.list_keys()) == 3
+    # Keys: root, intermediate, JWT, audit; no stray key from the second call.
+    assert len(keystore.list_keys()) == 4
 
 
 def test_one_active_per_kind_is_enforced_by_the_database(

@@ -86,7 +86,7 @@ def test_root_rotation_prepare_activate_retire_remove(
     assert len(load_bundle(database, TD).roots) == 1
     labels = {k.label for k in keystore.list_keys()}
     assert not any(str(old_root.key_uri).endswith(label) for label in labels)
-    assert len(labels) == 3  # new root, new intermediate, JWT key
+    assert len(labels) == 4  # new root, new intermediate, JWT key, audit key
 
 
 @pytest.mark.parametrize(

@@ -87,8 +87,8 @@ def test_entry_lifecycle(idmint: Runner, data_dir: Path) -> None:
 
     verified = idmint("audit", "verify", "--data-dir", str(data_dir), "--output", "json")
     assert verified.returncode == 0, verified.stderr
-    # root creation, entry create, update, delete
-    assert json.loads(verified.stdout)["events"] == 4
+    # root and audit key creation, entry create, update, delete
+    assert json.loads(verified.stdout)["events"] == 5
 
 
 @pytest.mark.parametrize(
@@ -127,10 +127,10 @@ def test_audit_verify_catches_tampering_in_sql(idmint: Runner, data_dir: Path) -
     _create(idmint, data_dir)
     assert idmint("audit", "verify", "--data-dir", str(data_dir)).returncode == 0
     with sqlite3.connect(data_dir / "idmint.db") as db:
-        db.execute("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 2")
+        db.execute("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 3")
     done = idmint("audit", "verify", "--data-dir", str(data_dir))
     assert done.returncode == 1
-    assert "audit event 2 (entry.create spiffe://example.org/web) was edited" in done.stderr
+    assert "audit event 3 (entry.create spiffe://example.org/web) was edited" in done.stderr
 
 
 def test_bundle_jwks_has_the_root_with_x5c(idmint: Runner, data_dir: Path) -> None:

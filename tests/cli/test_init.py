@@ -73,10 +73,16 @@ def test_init_creates_a_root_that_openssl_accepts(
 
     keys = idmint("hsm", "keys", "--data-dir", str(data), "--output", "json")
     assert keys.returncode == 0, keys.stderr
-    (key,) = json.loads(keys.stdout)
-    assert key["uri"] == report["root"]["key_uri"]
-    assert (key["sensitive"], key["extractable"], key["never_extractable"]) == (True, False, True)
-    assert key["private"] and key["token"]
+    # The root's key and the audit checkpoint key, both unextractable.
+    listed = {k["uri"]: k for k in json.loads(keys.stdout)}
+    assert len(listed) == 2 and report["root"]["key_uri"] in listed
+    for key in listed.values():
+        assert (key["sensitive"], key["extractable"], key["never_extractable"]) == (
+            True,
+            False,
+            True,
+        )
+        assert key["private"] and key["token"]
 
 
 def test_init_twice_refuses_and_changes_nothing(idmint: Runner, tmp_path: Path) -> None:
@@ -142,7 +148,8 @@ def test_init_with_an_existing_token(
     assert not (data / "hsm").exists()  # no SoftHSM token of its own
     keys = idmint("hsm", "keys", "--output", "json", env={**env, "IDMINT_DATA_DIR": str(data)})
     assert keys.returncode == 0, keys.stderr
-    assert [k["type"] for k in json.loads(keys.stdout)] == ["ec-p384"]
+    # The root (P-384 as asked) and the audit checkpoint key (always P-256).
+    assert sorted(k["type"] for k in json.loads(keys.stdout)) == ["ec-p256", "ec-p384"]
 
 
 def test_init_with_a_missing_module_creates_nothing(idmint: Runner, tmp_path: Path) -> None:

@@ -1,0 +1,273 @@
+"""The check the issuer makes before it signs: learn, decide, enforce.
+
+``AnomalyMonitor.check(entry, request)`` counts the request in the entry's
+baseline, compares it (:mod:`policy`), records a new decision (audit event
+naming the signal and numbers, metric, the ``anomaly_baselines`` row) and
+raises if a standing decision refuses it.
+
+The hot path does no query: each process keeps the baselines it uses in
+memory and re-reads them (writing its counts back) every ``sync_seconds``
+(1 s), so a decision or an operator's change reaches every worker and
+replica within that time. Counts of the current minute are added up across
+processes; the learned averages are the last writer's (they move slowly).
+With ``sync_seconds = 0`` every check reads and writes the row.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from idmint.ca.anomaly import metrics, store
+from idmint.ca.anomaly.baseline import Baseline, Sample, advance, learn, network_of, source_of
+from idmint.ca.anomaly.errors import AnomalyDenied, AnomalyThrottled, StepUpRequired
+from idmint.ca.anomaly.policy import Action, Settings, Signal, decide, rate_limit, signals
+from idmint.ca.storage import audit
+from idmint.ca.storage.db import Database
+from idmint.ca.storage.models import AnomalyBaseline
+
+#: The caller's address for this request, set by the HTTP layer.
+REQUEST_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "idmint_request_source", default=None
+)
+ACTOR = "system:anomaly"
+
+
+class _Entry(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def spiffe_id(self) -> str: ...
+
+
+class _Recorder(Protocol):
+    def record(self, credential: dict[str, Any] | None, events: Sequence[audit.Event]) -> None: ...
+
+    def flush(self, timeout: float = 30.0) -> None: ...
+
+
+@dataclass(slots=True)
+class Request:
+    """What the issuer knows of a request when it asks."""
+
+    kind: str
+    at: datetime
+    selectors: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+
+    @property
+    def renewal(self) -> bool:
+        # Proof-of-possession requests carry no attested selectors.
+        return not self.selectors
+
+
+@dataclass
+class _Cached:
+    baseline: Baseline
+    loaded: float
+    pending: int = 0
+    dirty: bool = False
+    decided: bool = False
+
+
+@dataclass
+class AnomalyMonitor:
+    """Per-identity baselines and the actions they call for (see ca/anomaly/policy.py)."""
+
+    database: Database
+    settings: Settings
+    recorder: _Recorder
+    revoke: Callable[..., Any] | None = None
+    _cache: dict[str, _Cached] = field(default_factory=dict)
+    _defaults: tuple[float, store.Defaults] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, entry: _Entry, request: Request) -> None:
+        """Count, decide, enforce; raise if a standing decision refuses ``request``."""
+        if not self.settings.enabled:
+            return
+        sample = Sample(
+            at=request.at,
+            kind=request.kind,
+            renewal=request.renewal,
+            network=network_of(REQUEST_SOURCE.get()),
+            audiences=tuple(request.audiences),
+            source=source_of(request.selectors),
+        )
+        with self._lock:
+            cached = self._current(entry.id, request.at)
+            baseline = cached.baseline
+            if baseline.exempt:
+                return
+            defaults = self._policy_defaults()
+            learning = defaults.learn and not baseline.frozen
+            advance(baseline, request.at, learning)
+            baseline.window_count += 1
+            cached.pending += 1
+            found = signals(baseline, sample, self.settings)
+            action = decide(found, baseline.policy or defaults.policy)
+            if learning:
+                learn(baseline, sample)
+            cached.dirty = True
+            standing = Action.parse(baseline.action) if baseline.action else Action.NONE
+            escalated = action > standing and action >= Action.THROTTLE
+            if escalated:
+                baseline.action = action.label
+                baseline.reason = "; ".join(s.reason for s in found if s.action >= Action.OBSERVE)
+                baseline.decided_at = request.at
+                cached.decided = True
+            if escalated or self.settings.sync_seconds == 0:
+                self._flush(cached, request.at)
+        if action >= Action.OBSERVE and (escalated or action is Action.OBSERVE):
+            self._announce(entry, action, found, request.at)
+        if escalated and action is Action.DENY:
+            self._deny(entry, baseline, request.at)
+        self._enforce(entry, baseline, request)
+
+    def flush(self) -> None:
+        """Write every baseline this process changed back to the database now."""
+        with self._lock:
+            for cached in self._cache.values():
+                if cached.dirty:
+                    self._flush(cached, cached.baseline.last_at or cached.baseline.window_start)
+
+    # -- decisions ------------------------------------------------------------
+
+    def _announce(
+        self, entry: _Entry, action: Action, found: Sequence[Signal], now: datetime
+    ) -> None:
+        for signal in found:
+            metrics.DECISIONS.labels(action.label, signal.name).inc()
+        self.recorder.record(
+            None,
+            [
+                audit.Event(
+                    f"anomaly.{action.label}",
+                    entry.spiffe_id,
+                    ACTOR,
+                    outcome="success",
+                    detail={
+                        "entry": entry.id,
+                        "signals": [s.name for s in found],
+                        "reason": "; ".join(s.reason for s in found),
+                    },
+                    at=now,
+                )
+            ],
+        )
+
+    def _deny(self, entry: _Entry, baseline: Baseline, now: datetime) -> None:
+        """Disable the entry and revoke what it holds, as ``idmint revoke entry`` does."""
+        from idmint.ca.revocation.revocations import revoke_entry
+
+        # Credentials issued a moment ago must be on record to be revoked.
+        self.recorder.flush()
+        (self.revoke or revoke_entry)(
+            self.database, entry.id, ACTOR, "unspecified", now=now, sweep_after=0
+        )
+
+    def _enforce(self, entry: _Entry, baseline: Baseline, request: Request) -> None:
+        if baseline.action is None:
+            return  # the usual case
+        action = Action.parse(baseline.action) if baseline.action else Action.NONE
+        why = baseline.reason or "no reason recorded"
+        if action is Action.DENY:
+            metrics.REFUSED.labels(action.label).inc()
+            raise AnomalyDenied(
+                f"{entry.spiffe_id} was denied by the anomaly response ({why}); its entry is "
+                f"disabled and its credentials revoked (idmint anomaly show {entry.id})"
+            )
+        if action is Action.STEP_UP and request.renewal:
+            metrics.REFUSED.labels(action.label).inc()
+            raise StepUpRequired(
+                f"renewal of {entry.spiffe_id} by proof of possession is refused ({why}): "
+                "attest afresh with new evidence"
+            )
+        if action >= Action.THROTTLE:
+            limit = rate_limit(baseline, self.settings)
+            if baseline.window_count > limit:
+                metrics.REFUSED.labels(Action.THROTTLE.label).inc()
+                raise AnomalyThrottled(
+                    f"{entry.spiffe_id} is throttled to {limit:.0f}/min ({why}); "
+                    "retry in the next minute"
+                )
+
+    # -- the cached rows --------------------------------------------------------
+
+    def _policy_defaults(self) -> store.Defaults:
+        now = time.monotonic()
+        if self._defaults is None or now - self._defaults[0] >= self.settings.sync_seconds:
+            with self.database.reading() as session:
+                self._defaults = (now, store.defaults(session, self.settings))
+        return self._defaults[1]
+
+    def _current(self, entry_id: str, now: datetime) -> _Cached:
+        cached = self._cache.get(entry_id)
+        if cached is not None and time.monotonic() - cached.loaded < self.settings.sync_seconds:
+            return cached
+        if cached is not None and cached.dirty:
+            self._flush(cached, now)
+        with self.database.reading() as session:
+            row = session.get(AnomalyBaseline, entry_id)
+            baseline = store.to_baseline(row) if row is not None else store.fresh(entry_id, now)
+        made = self._cache[entry_id] = _Cached(baseline, time.monotonic())
+        return made
+
+    def _flush(self, cached: _Cached, now: datetime) -> None:
+        """Write this process's view back: counts added, the standing decision if it made one."""
+        baseline = cached.baseline
+        with self.database.session() as session:
+            row = session.get(AnomalyBaseline, baseline.entry_id, with_for_update=True)
+            if row is None:
+                store.write(session, baseline, now, ())
+            else:
+                self._merge(session, row, cached, now)
+        cached.pending, cached.dirty, cached.decided = 0, False, False
+        cached.loaded = time.monotonic()
+
+    def _merge(
+        self, session: Session, row: AnomalyBaseline, cached: _Cached, now: datetime
+    ) -> None:
+        baseline = cached.baseline
+        same_window = row.window_start == baseline.window_start
+        others = row.window_count - (baseline.window_count - cached.pending) if same_window else 0
+        fields = store.STATS + (store.STANDING if cached.decided else ())
+        store.write(session, baseline, now, fields)
+        if same_window and others > 0:  # another process counted in this minute too
+            row.window_count = baseline.window_count + others
+            baseline.window_count = row.window_count
+        # The database is authoritative for what operators set and for decisions
+        # other processes took; they win unless this process just decided.
+        for name in store.SWITCHES:
+            setattr(baseline, name, getattr(row, name))
+        if not cached.decided:
+            for name in store.STANDING:
+                setattr(baseline, name, getattr(row, name))
+
+
+def from_config(
+    database: Database, section: Any, recorder: _Recorder, where: str = "idmint.toml"
+) -> AnomalyMonitor:
+    """The monitor the ``[anomaly]`` section asks for."""
+    return AnomalyMonitor(database, Settings.from_section(section, where), recorder)
+
+
+class AnomalyCheck(Protocol):
+    """What the issuer calls before it signs."""
+
+    def check(self, entry: Any, request: Request) -> None: ...
+
+
+class NoCheck:
+    """Anomaly response off."""
+
+    def check(self, entry: Any, request: Request) -> None:
+        return None
