@@ -7,12 +7,18 @@ from typing import Any
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-<<<<<<< HEAD
-from idmint.ca.api import admin, bundle, health, limits, observe, revocation, svid
-=======
 from idmint.ca.anomaly.monitor import REQUEST_SOURCE
-from idmint.ca.api import admin, anomaly, audit, bundle, health, observe, revocation, svid
->>>>>>> audit
+from idmint.ca.api import (
+    admin,
+    anomaly,
+    audit,
+    bundle,
+    health,
+    limits,
+    observe,
+    revocation,
+    svid,
+)
 from idmint.ca.api.openapi import document
 from idmint.ca.api.problems import from_error, from_http
 from idmint.ca.config import CAConfig

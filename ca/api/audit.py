@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from idmint.ca.api.context import state
-from idmint.ca.api.limits import limit
+from idmint.ca.api.limits import limit_address
 from idmint.ca.authority import checkpoints
 
 blueprint = Blueprint("audit", __name__)
@@ -23,19 +23,19 @@ blueprint = Blueprint("audit", __name__)
 @blueprint.get("/v1/audit/checkpoints")
 def latest_checkpoint() -> Any:
     """The newest signed checkpoint."""
-    limit(request.remote_addr or "-")
+    limit_address()
     return jsonify(checkpoints.latest(state().service.database).to_json())
 
 
 @blueprint.get("/v1/audit/checkpoints/<int:number>")
 def checkpoint(number: int) -> Any:
     """Checkpoint ``number`` (they are numbered from 1 in the order they were signed)."""
-    limit(request.remote_addr or "-")
+    limit_address()
     return jsonify(checkpoints.by_number(state().service.database, number).to_json())
 
 
 @blueprint.get("/v1/audit/keys")
 def keys() -> Any:
     """The audit keys (prepared, active, retired) as a JWKS."""
-    limit(request.remote_addr or "-")
+    limit_address()
     return jsonify(checkpoints.audit_jwks(state().service.database))
