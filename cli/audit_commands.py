@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from idmint.ca.storage.audit import verify_database
 from idmint.cli.context import data_directory
 from idmint.cli.options import data_dir_option
 from idmint.cli.output import emit_json, output_option
@@ -20,6 +19,9 @@ def audit() -> None:
 @output_option
 def verify(data_dir: str | None, output: str) -> None:
     """Recompute the hash chain; exit 1 naming the first altered event."""
+    # Imported here: --help and completion stay light (see idmint.cli.main).
+    from idmint.ca.storage.audit import verify_database
+
     with data_directory(data_dir) as (_config, database), database.reading() as session:
         report = verify_database(session)
     if output == "json":

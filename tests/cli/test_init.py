@@ -194,7 +194,11 @@ def test_no_command_takes_a_pin_on_argv() -> None:
     def walk(command: click.Command) -> list[str]:
         names = [p.name or "" for p in command.params]
         if isinstance(command, click.Group):
-            for sub in command.commands.values():
+            # Through get_command: the top-level group imports its commands lazily.
+            context = click.Context(command)
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None, name
                 names.extend(walk(sub))
         return names
 

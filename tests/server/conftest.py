@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from idmint.ca.issuance.pop import make_proof
 from idmint.cli.admin_client import call as admin_call
+from idmint.pop import make_proof
 
 OIDC_ISSUER = "https://ci.example.test"
 K8S_ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idmint.attestation.x509pop import sign_nonce
-from idmint.ca.issuance.pop import make_proof
+from idmint.pop import make_proof
 from tests.server.conftest import (
     Server,
     _idmint,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from idmint.ca.issuance.pop import jwt_payload, make_proof
+from idmint.pop import jwt_payload, make_proof
 from tests.server.conftest import Server, csr_pem
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551

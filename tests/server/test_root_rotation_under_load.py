@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from idmint.ca.issuance.pop import jwt_payload, make_proof
+from idmint.pop import jwt_payload, make_proof
 from tests.server.conftest import Server, csr_pem
 from tests.tls import context, handshake, write_svid
 

@@ -7,7 +7,7 @@ import time
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from idmint.ca.issuance.pop import make_proof
+from idmint.pop import make_proof
 from tests.server.conftest import Server, csr_pem
 
 
