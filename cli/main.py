@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -39,9 +38,12 @@ EXTRA_MODULES = {
 }
 
 
-@dataclass(frozen=True)
-class LazyCommand:
-    """Where a command lives, what ``idmint --help`` says of it and the extra it needs."""
+class LazyCommand(NamedTuple):
+    """Where a command lives, what ``idmint --help`` says of it and the extra it needs.
+
+    A NamedTuple, not a dataclass: dataclasses imports inspect and ast, which
+    click alone does not need.
+    """
 
     target: str  # "module:attribute"
     short_help: str

@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.pg import fresh_database
 from tests.server.conftest import Server, clean_env, csr_pem, start_server
 
+pytestmark = pytest.mark.slow  # two server subprocesses on PostgreSQL
+
+
 IDMINT = [str(Path(sys.executable).parent / "idmint")]
 
 
