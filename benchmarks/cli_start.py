@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 GOAL_MS = 150
 
@@ -71,7 +72,7 @@ def main() -> None:
         for name in order:
             rounds[name].append(timed(*table[name]))
     baseline = statistics.median(rounds["python -c pass"])
-    results = {
+    results: dict[str, dict[str, Any]] = {
         name: {
             "median_ms": round(statistics.median(values), 1),
             "over_baseline_ms": round(statistics.median(values) - baseline, 1),
