@@ -20,15 +20,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from idmint.errors import IdmintError
+from idmint.client import WorkloadError
 
 CONTEXT = b"idmint-pop-v1\x00"
-
-
-class UnsupportedKey(IdmintError):
-    """The SVID's key cannot sign a proof (it is neither EC nor RSA)."""
-
-    code = "unsupported-svid-key"
 
 
 def statement(purpose: str, timestamp: int, payload: bytes) -> bytes:
@@ -60,7 +54,7 @@ def sign(private_key: Any, message: bytes) -> bytes:
         return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
     if isinstance(private_key, rsa.RSAPrivateKey):
         return private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-    raise UnsupportedKey(f"SVID keys are EC or RSA, not {type(private_key).__name__}")
+    raise WorkloadError(f"SVID keys are EC or RSA, not {type(private_key).__name__}")
 
 
 def jwt_payload(audiences: Sequence[str]) -> bytes:
