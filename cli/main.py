@@ -13,6 +13,7 @@ the light client) answers with the one line that says which to install.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from typing import Any, NamedTuple
@@ -94,10 +95,16 @@ COMMANDS = {
 
 
 def missing_modules(extra: str | None) -> list[str]:
-    """The modules of ``extra`` that cannot be found (found, not imported: that is cheap)."""
+    """The modules of ``extra`` that cannot be found (looked up, not imported)."""
     if extra is None:
         return []
-    return [name for name in EXTRA_MODULES[extra] if importlib.util.find_spec(name) is None]
+    return list(_missing(EXTRA_MODULES[extra]))
+
+
+@functools.cache
+def _missing(modules: tuple[str, ...]) -> tuple[str, ...]:
+    # Once per process: each lookup walks sys.path, and --help lists ten commands.
+    return tuple(name for name in modules if importlib.util.find_spec(name) is None)
 
 
 def install_hint(command: str, extra: str) -> str:

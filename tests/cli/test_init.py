@@ -167,6 +167,7 @@ def test_init_with_a_missing_module_creates_nothing(idmint: Runner, tmp_path: Pa
     assert not data.exists()
 
 
+@pytest.mark.slow  # a token and root key per type (the default EC P-256 is everywhere else)
 @pytest.mark.parametrize("key_type", ["ec-p384", "rsa-2048", "ed25519"])
 def test_init_key_types(idmint: Runner, tmp_path: Path, key_type: str) -> None:
     data = tmp_path / key_type
