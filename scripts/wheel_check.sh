@@ -6,7 +6,8 @@
 #      with openssl) -> audit verify, the server stopped by its PID;
 #   3. the bare wheel with only cryptography: idmint.workload imports and
 #      loads nothing of the server; with its own dependencies (click) the
-#      server commands name the extra they need.
+#      server commands name the extra they need, and its `idmint svid x509`
+#      gets an SVID from the server of step 2.
 # Needs softhsm2 and openssl (scripts/bootstrap.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,13 +102,6 @@ openssl verify -CAfile "$scratch/svid/bundle.pem" -untrusted "$scratch/svid/svid
     "$scratch/leaf.pem" >/dev/null || fail "openssl does not verify the SVID against the bundle"
 say "openssl verifies the X509-SVID for $spiffe_id"
 
-"${idmint[@]}" audit verify --data-dir "$data" >&2
-
-kill "$server_pid"
-wait "$server_pid" || true
-server_pid=""
-say "server stopped"
-
 say "client venv: the bare wheel with only cryptography"
 "$python" -m venv "$scratch/client-venv"
 client_bin="$scratch/client-venv/bin"
@@ -149,4 +143,29 @@ for command in "server --help" "init --data-dir x --trust-domain t.test" "entry 
         || fail "idmint $command does not name the extra: $output"
 done
 say "without [server]: $output"
+
+# The light client's own command against the same server: an SVID for a
+# second token, with nothing of the server installed beside it.
+token=$("${idmint[@]}" token create --data-dir "$data" --spiffe-id "$spiffe_id")
+"${client_idmint[@]}" svid x509 --server "https://127.0.0.1:$port" --bundle "$bundle" \
+    --join-token "$token" --out "$scratch/client-svid" >&2
+openssl x509 -in "$scratch/client-svid/svid.pem" -noout -ext subjectAltName \
+    | grep -q "URI:$spiffe_id" || fail "the light client's SVID does not name $spiffe_id"
+set +e
+output=$(env -u ACTIONS_ID_TOKEN_REQUEST_URL -u ACTIONS_ID_TOKEN_REQUEST_TOKEN \
+    "${client_idmint[@]}" svid jwt --server "https://127.0.0.1:$port" --bundle "$bundle" \
+    --ci github --audience a 2>&1)
+status=$?
+set -e
+[[ $status -eq 1 ]] && echo "$output" | grep -q "id-token: write" \
+    || fail "idmint svid jwt --ci github outside CI: $output"
+say "the light client got an X509-SVID from the server; outside CI, --ci github says: $output"
+
+"${idmint[@]}" audit verify --data-dir "$data" >&2
+
+kill "$server_pid"
+wait "$server_pid" || true
+server_pid=""
+say "server stopped"
+
 say "all checks passed"
