@@ -32,7 +32,7 @@ def policy_of(config: CAConfig) -> RotationPolicy:
 def _pick(database: Database, kind: str, state: AuthorityState, authority_id: int | None) -> int:
     """The authority an operator means: --id, or the one of ``kind`` in ``state``."""
     from idmint.ca.authority.authorities import authorities
-    from idmint.ca.storage.models import AuthorityKind
+    from idmint.ca.storage.models import AuthorityKind, AuthorityState
 
     if authority_id is not None:
         return authority_id
