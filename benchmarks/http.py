@@ -53,16 +53,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.serving import IDMINT as IDMINT_PATH
 from benchmarks.serving import clean_env, start_server
 from idmint.attestation.join_token import new_token, token_hash
 from idmint.ca.storage.db import Database
+from idmint.client import new_key_and_csr, x509_request
 
 IDMINT = [IDMINT_PATH]
 
@@ -336,16 +333,9 @@ def main() -> None:
             with (limited / "idmint.toml").open("a") as config:
                 config.write(f'\n[limits]\nstorage = "{redis.url}"\n')
                 config.write("".join(f'{level} = "10000000/minute"\n' for level in levels))
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .sign(key, hashes.SHA256())
-            .public_bytes(serialization.Encoding.PEM)
-            .decode()
-        )
+        _key, csr = new_key_and_csr()
         x509_bodies = [
-            json.dumps({"attestation": {"type": "join_token", "token": t}, "csr": csr}).encode()
+            json.dumps(x509_request({"type": "join_token", "token": t}, csr)).encode()
             for t in x509_tokens
         ]
         jwt_bodies = [

@@ -20,14 +20,16 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from idmint.ca.config import CAConfig
-from idmint.ca.storage import audit as audit_log
-from idmint.ca.storage.db import Database
 from idmint.cli.context import data_directory
+
+if TYPE_CHECKING:  # at run time imported where used: --help stays light
+    from idmint.ca.config import CAConfig
+    from idmint.ca.storage.audit import LoggedEvent
+    from idmint.ca.storage.db import Database
 from idmint.cli.options import Duration, data_dir_option
 from idmint.cli.output import emit_json, output_option
 
@@ -233,6 +235,8 @@ def list_(
     output: str,
 ) -> None:
     """Events, oldest first: when, who, what, about whom, and the outcome."""
+    from idmint.ca.storage import audit as audit_log
+
     with data_directory(data_dir) as (_config, database), database.reading() as session:
         events = audit_log.read_events(
             session, since=since, action=action, subject=subject, limit=limit
@@ -286,8 +290,10 @@ def syslog_handler(address: str) -> logging.Handler:
 
 def _follow(
     database: Database, after_seq: int, interval: float, stop: threading.Event, **filters: Any
-) -> Iterator[audit_log.LoggedEvent]:
+) -> Iterator[LoggedEvent]:
     """Events after ``after_seq``, then new ones as they come, until ``stop`` is set."""
+    from idmint.ca.storage import audit as audit_log
+
     while not stop.is_set():
         with database.reading() as session:
             batch = audit_log.read_events(session, after_seq=after_seq, limit=1000, **filters)
@@ -349,6 +355,8 @@ def export(
             if follow:
                 events: Any = _follow(database, 0, interval.total_seconds(), stop, **filters)
             else:
+                from idmint.ca.storage import audit as audit_log
+
                 with database.reading() as session:
                     events = audit_log.read_events(session, **filters)
             for event in events:

@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from idmint.ca.authority.authorities import authorities
-from idmint.ca.authority.rotation import (
-    RotationPolicy,
-    activate,
-    describe,
-    prepare,
-    retire,
-    revoke,
-    taint,
-)
-from idmint.ca.config import CAConfig
-from idmint.ca.storage.db import Database
-from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState
+from idmint.cli.choices import AUTHORITY_KINDS
 from idmint.cli.context import data_directory
 from idmint.cli.options import cli_actor, data_dir_option
 from idmint.cli.output import emit_json, emit_table, output_option
-from idmint.hsm import KeyStore
 
-KINDS = click.Choice([k.value for k in AuthorityKind])
+if TYPE_CHECKING:
+    from idmint.ca.authority.rotation import RotationPolicy
+    from idmint.ca.config import CAConfig
+    from idmint.ca.storage.db import Database
+    from idmint.ca.storage.models import Authority, AuthorityState
+
+# The CA's modules are imported when a command runs: --help and completion
+# stay light (see idmint.cli.main).
+
+KINDS = click.Choice(AUTHORITY_KINDS)
 
 
 def policy_of(config: CAConfig) -> RotationPolicy:
+    from idmint.ca.authority.rotation import RotationPolicy
+
     return RotationPolicy.from_config(config)
 
 
 def _pick(database: Database, kind: str, state: AuthorityState, authority_id: int | None) -> int:
     """The authority an operator means: --id, or the one of ``kind`` in ``state``."""
+    from idmint.ca.authority.authorities import authorities
+    from idmint.ca.storage.models import AuthorityKind, AuthorityState
+
     if authority_id is not None:
         return authority_id
     found = authorities(database, AuthorityKind(kind), state)
@@ -45,6 +48,8 @@ def _pick(database: Database, kind: str, state: AuthorityState, authority_id: in
 
 
 def _show(rows: list[Authority], output: str) -> None:
+    from idmint.ca.authority.rotation import describe
+
     data = describe(rows)
     if output == "json":
         emit_json(data)
@@ -68,6 +73,8 @@ def authority() -> None:
 @output_option
 def list_(data_dir: str | None, output: str) -> None:
     """All authorities with their states."""
+    from idmint.ca.authority.authorities import authorities
+
     with data_directory(data_dir) as (_config, database):
         _show(authorities(database), output)
 
@@ -75,6 +82,10 @@ def list_(data_dir: str | None, output: str) -> None:
 def _with_keystore(
     data_dir: str | None, action: str, kind: str, authority_id: int | None, output: str
 ) -> None:
+    from idmint.ca.authority.rotation import activate, prepare, retire, revoke, taint
+    from idmint.ca.storage.models import AuthorityKind, AuthorityState
+    from idmint.hsm import KeyStore
+
     with data_directory(data_dir) as (config, database):
         actor = cli_actor()
         if action == "prepare":
@@ -108,6 +119,7 @@ def _anchor(config: CAConfig, database: Database) -> None:
     """Sign an audit checkpoint over the change just made (every authority change is)."""
     from idmint.ca.authority.checkpoints import AuditSettings, checkpoint_due
     from idmint.errors import IdmintError
+    from idmint.hsm import KeyStore
 
     try:
         with KeyStore(config.hsm) as keystore:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from idmint.ca.jose.bundle import load_bundle
 from idmint.cli.context import data_directory
 from idmint.cli.options import data_dir_option
 from idmint.cli.output import emit_json
@@ -22,6 +21,9 @@ def bundle() -> None:
 )
 def show(data_dir: str | None, fmt: str) -> None:
     """Print the bundle: PEM roots, or the SPIFFE bundle JWKS (roots and JWT keys)."""
+    # Imported here: --help and completion stay light (see idmint.cli.main).
+    from idmint.ca.jose.bundle import load_bundle
+
     with data_directory(data_dir) as (config, database):
         bundle = load_bundle(database, config.trust_domain)
     if fmt == "jwks":

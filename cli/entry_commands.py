@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from idmint.ca.config import resolve_data_dir
-from idmint.ca.issuance.entries import EntrySpec, EntryStore, EntryView
-from idmint.ca.spiffe_id import TrustDomain
 from idmint.cli import admin_client
-from idmint.cli.context import data_directory
+from idmint.cli.context import data_directory, resolve_data_dir
 from idmint.cli.options import Duration, Moment, cli_actor, data_dir_option
 from idmint.cli.output import emit_fields, emit_json, output_option
 
+if TYPE_CHECKING:
+    from idmint.ca.issuance.entries import EntryStore, EntryView
+
+# The CA's modules are imported when a command runs: --help and completion
+# stay light (see idmint.cli.main).
+
+
+def _store(config: Any, database: Any) -> EntryStore:
+    from idmint.ca.issuance.entries import EntryStore
+    from idmint.ca.spiffe_id import TrustDomain
+
+    return EntryStore(database, TrustDomain(config.trust_domain))
+
 
 def _print(view: EntryView | dict[str, Any], output: str) -> None:
-    data = view.to_json() if isinstance(view, EntryView) else view
+    data = view if isinstance(view, dict) else view.to_json()
     if output == "json":
         emit_json(data)
         return
@@ -106,9 +116,10 @@ def create(
     if admin_client.available(directory):
         _print(admin_client.call(directory, "POST", "/v1/entries", _json_spec(spec)), output)
         return
+    from idmint.ca.issuance.entries import EntrySpec
+
     with data_directory(data_dir) as (config, database):
-        store = EntryStore(database, TrustDomain(config.trust_domain))
-        view = store.create(EntrySpec(**spec), actor=cli_actor())
+        view = _store(config, database).create(EntrySpec(**spec), actor=cli_actor())
     _print(view, output)
 
 
@@ -118,7 +129,7 @@ def create(
 def list_(data_dir: str | None, output: str) -> None:
     """List registration entries."""
     with data_directory(data_dir) as (config, database):
-        views = EntryStore(database, TrustDomain(config.trust_domain)).list()
+        views = _store(config, database).list()
     if output == "json":
         emit_json([v.to_json() for v in views])
         return
@@ -138,7 +149,7 @@ def list_(data_dir: str | None, output: str) -> None:
 def show(data_dir: str | None, entry_id: str, output: str) -> None:
     """Show one registration entry."""
     with data_directory(data_dir) as (config, database):
-        view = EntryStore(database, TrustDomain(config.trust_domain)).get(entry_id)
+        view = _store(config, database).get(entry_id)
     _print(view, output)
 
 
@@ -166,8 +177,7 @@ def update(data_dir: str | None, entry_id: str, output: str, **changes: Any) -> 
         _print(admin_client.call(directory, "PATCH", path, _json_spec(given)), output)
         return
     with data_directory(data_dir) as (config, database):
-        store = EntryStore(database, TrustDomain(config.trust_domain))
-        view = store.update(entry_id, given, actor=cli_actor())
+        view = _store(config, database).update(entry_id, given, actor=cli_actor())
     _print(view, output)
 
 
@@ -182,5 +192,5 @@ def delete(data_dir: str | None, entry_id: str) -> None:
         click.echo(f"Deleted entry {entry_id}")
         return
     with data_directory(data_dir) as (config, database):
-        EntryStore(database, TrustDomain(config.trust_domain)).delete(entry_id, actor=cli_actor())
+        _store(config, database).delete(entry_id, actor=cli_actor())
     click.echo(f"Deleted entry {entry_id}")

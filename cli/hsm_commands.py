@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from idmint.ca.config import load, resolve_data_dir
+from idmint.cli.context import resolve_data_dir
 from idmint.cli.options import data_dir_option
 from idmint.cli.output import emit_json, emit_table, output_option
-from idmint.hsm import KeyStore
 
 
 @click.group()
@@ -20,6 +19,10 @@ def hsm() -> None:
 @output_option
 def keys(data_dir: str | None, output: str) -> None:
     """List the private keys on the token with their security attributes."""
+    # Imported here: --help and completion stay light (see idmint.cli.main).
+    from idmint.ca.config import load
+    from idmint.hsm import KeyStore
+
     config = load(resolve_data_dir(data_dir))
     with KeyStore(config.hsm) as store:
         infos = store.list_keys()

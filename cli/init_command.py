@@ -6,11 +6,10 @@ from datetime import timedelta
 
 import click
 
-from idmint.ca.authority.bootstrap import ExternalToken, initialize
-from idmint.ca.config import resolve_data_dir
+from idmint.cli.choices import DEFAULT_KEY_TYPE, KEY_TYPES
+from idmint.cli.context import resolve_data_dir
 from idmint.cli.options import data_dir_option
 from idmint.cli.output import emit_fields, emit_json, output_option
-from idmint.hsm import KeyType
 
 
 @click.command()
@@ -18,8 +17,8 @@ from idmint.hsm import KeyType
 @click.option("--trust-domain", required=True, help="The trust domain, e.g. example.org.")
 @click.option(
     "--key-type",
-    type=click.Choice([k.value for k in KeyType]),
-    default=KeyType.EC_P256.value,
+    type=click.Choice(KEY_TYPES),
+    default=DEFAULT_KEY_TYPE,
     show_default=True,
     help="Key type of the root authority.",
 )
@@ -52,6 +51,9 @@ def init(
     output: str,
 ) -> None:
     """Create a trust domain: HSM token, database, config and root CA."""
+    # Imported here: --help and completion stay light (see idmint.cli.main).
+    from idmint.ca.authority.bootstrap import ExternalToken, initialize
+
     directory = resolve_data_dir(data_dir)
     external = None
     if pkcs11_module or token_label or pin_file:

@@ -6,16 +6,14 @@ from typing import Any
 
 import click
 
-from idmint.ca.config import resolve_data_dir
-from idmint.ca.revocation.revocations import REASONS, revoke_credential, revoke_entry
-from idmint.ca.storage.models import CredentialKind
 from idmint.cli import admin_client
-from idmint.cli.context import data_directory
+from idmint.cli.choices import REVOCATION_REASONS
+from idmint.cli.context import data_directory, resolve_data_dir
 from idmint.cli.options import cli_actor, data_dir_option
 from idmint.cli.output import emit_json, output_option
 
 reason_option = click.option(
-    "--reason", type=click.Choice(sorted(REASONS)), default="unspecified", show_default=True
+    "--reason", type=click.Choice(REVOCATION_REASONS), default="unspecified", show_default=True
 )
 
 
@@ -25,6 +23,9 @@ def _revoke(data_dir: str | None, body: dict[str, Any], output: str) -> None:
         result = admin_client.call(directory, "POST", "/v1/revocations", body)
         revoked = result["revoked"]
     else:
+        from idmint.ca.revocation.revocations import revoke_credential, revoke_entry
+        from idmint.ca.storage.models import CredentialKind
+
         with data_directory(data_dir) as (_config, database):
             kind = body["kind"]
             if kind == "entry":

@@ -46,8 +46,8 @@ def server(
     """Serve the HTTPS API (gunicorn) and the admin socket DIR/server/admin.sock."""
     import os
 
-    from idmint.ca.config import resolve_data_dir
     from idmint.ca.server.app import serve
+    from idmint.cli.context import resolve_data_dir
 
     if rate_limit is not None:
         click.echo(
@@ -79,8 +79,9 @@ def server(
 @click.option("--san", "sans", multiple=True)
 def server_tls(data_dir: str | None, sans: tuple[str, ...]) -> None:
     """Issue a fresh TLS certificate for the server (used by its renewal)."""
-    from idmint.ca.config import load, resolve_data_dir
+    from idmint.ca.config import load
     from idmint.ca.server.app import prepare
+    from idmint.cli.context import resolve_data_dir
 
     directory = resolve_data_dir(data_dir)
     certfile, _ = prepare(load(directory), directory / "server", list(sans))

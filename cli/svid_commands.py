@@ -6,55 +6,14 @@ atomically (a temporary file renamed into place), the key with mode 0600.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import ssl
-import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from idmint.cli.output import emit_json, output_option
-from idmint.errors import ClientError
-
-
-class ServerRefused(ClientError):
-    """The server answered with a problem document."""
-
-    code = "server-refused"
-
-
-def _post(server: str, bundle: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    parts = urlsplit(server)
-    if parts.scheme != "https" or not parts.hostname:
-        raise click.BadParameter(f"{server!r} is not an https:// URL", param_hint="--server")
-    context = ssl.create_default_context(cafile=bundle)
-    connection = http.client.HTTPSConnection(
-        parts.hostname, parts.port or 443, context=context, timeout=30
-    )
-    try:
-        connection.request(
-            "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
-        )
-        response = connection.getresponse()
-        data = response.read()
-    except (OSError, ssl.SSLError) as exc:
-        raise ServerRefused(f"cannot reach {server}: {exc}") from None
-    finally:
-        connection.close()
-    try:
-        decoded: dict[str, Any] = json.loads(data)
-    except ValueError:
-        raise ServerRefused(f"{server} answered HTTP {response.status} without JSON") from None
-    if response.status >= 400:
-        raise ServerRefused(f"{decoded.get('detail', decoded)} (HTTP {response.status})")
-    return decoded
 
 
 def _evidence(
@@ -71,21 +30,6 @@ def _evidence(
     assert path is not None
     token = Path(path).read_text(encoding="utf-8").strip()
     return {"type": "oidc" if oidc_token_file else "k8s_psat", "token": token}
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so readers never see a partial file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 evidence_options = [
@@ -112,29 +56,6 @@ def _with_evidence(function: Any) -> Any:
 @click.group()
 def svid() -> None:
     """Get SVIDs from an idmint server."""
-
-
-def _new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-        .decode()
-    )
-    return key, csr
-
-
-def _write_svid(directory: Path, key: ec.EllipticCurvePrivateKey, issued: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    # Key first: a reader that sees the new certificate finds its key already there.
-    write_atomic(directory / "svid.key", key_pem, 0o600)
-    write_atomic(directory / "svid.pem", issued["chain_pem"].encode())
-    write_atomic(directory / "bundle.pem", issued["bundle_pem"].encode())
 
 
 @svid.command("x509")
@@ -170,27 +91,22 @@ def x509_command(
     output: str,
 ) -> None:
     """Write svid.pem, svid.key (0600) and bundle.pem to --out; --watch keeps them fresh."""
-    key, csr = _new_key_and_csr()
-    body: dict[str, Any] = {
-        "attestation": _evidence(join_token, oidc_token_file, k8s_token_file),
-        "csr": csr,
-    }
-    if spiffe_id:
-        body["spiffe_id"] = spiffe_id
-    issued = _post(server, bundle, "/v1/svid/x509", body)
+    from idmint.client import Server, write_svid_files
+
+    api = Server(server, bundle)
+    issued = api.fetch_x509(_evidence(join_token, oidc_token_file, k8s_token_file), spiffe_id)
     directory = Path(out)
-    _write_svid(directory, key, issued)
-    summary = {k: issued[k] for k in ("spiffe_id", "serial", "expires_at")}
+    write_svid_files(directory, issued)
+    answer = issued.response
+    summary = {k: answer[k] for k in ("spiffe_id", "serial", "expires_at")}
     if output == "json":
         emit_json({**summary, "out": str(directory)})
     else:
-        click.echo(f"{issued['spiffe_id']} until {issued['expires_at']} -> {directory}")
+        click.echo(f"{answer['spiffe_id']} until {answer['expires_at']} -> {directory}")
     if watch:
         from idmint.cli.watch import Watcher
 
-        Watcher(
-            server, bundle, directory, key, issued, renew_at, run, signal_pid, signal_name
-        ).run()
+        Watcher(api, directory, issued, renew_at, run, signal_pid, signal_name).run()
 
 
 @svid.command("jwt")
@@ -263,11 +179,14 @@ def jwt_command(
     output: str,
 ) -> None:
     """Get a JWT-SVID for --audience (prints the token, or writes it for the next CI step)."""
+    from idmint.client import Server
+
+    api = Server(server, bundle)
     body: dict[str, Any] = {"audience": list(audiences)}
     if svid_dir:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-        from idmint.ca.issuance.pop import jwt_payload, make_proof
+        from idmint.pop import jwt_payload, make_proof
 
         chain = (Path(svid_dir) / "svid.pem").read_text()
         key = load_pem_private_key((Path(svid_dir) / "svid.key").read_bytes(), None)
@@ -281,7 +200,7 @@ def jwt_command(
         body["attestation"] = _evidence(join_token, oidc_token_file, k8s_token_file)
     if spiffe_id:
         body["spiffe_id"] = spiffe_id
-    issued = _post(server, bundle, "/v1/svid/jwt", body)
+    issued = api.post("/v1/svid/jwt", body)
     if output == "json" or fmt == "json":
         text = json.dumps(issued)
     elif fmt == "env":

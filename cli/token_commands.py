@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from idmint.ca.config import resolve_data_dir
-from idmint.ca.spiffe_id import TrustDomain
-from idmint.ca.storage.ledgers import JoinTokens
 from idmint.cli import admin_client
-from idmint.cli.context import data_directory
+from idmint.cli.context import data_directory, resolve_data_dir
 from idmint.cli.options import Duration, cli_actor, data_dir_option
 from idmint.cli.output import emit_json, emit_table, output_option
+
+if TYPE_CHECKING:
+    from idmint.ca.storage.ledgers import JoinTokens
+
+
+def _tokens(config: Any, database: Any) -> JoinTokens:
+    # Imported here: --help and completion stay light (see idmint.cli.main).
+    from idmint.ca.spiffe_id import TrustDomain
+    from idmint.ca.storage.ledgers import JoinTokens
+
+    return JoinTokens(database, TrustDomain(config.trust_domain))
 
 
 @click.group()
@@ -37,9 +46,7 @@ def create(data_dir: str | None, spiffe_id: str, ttl: timedelta, output: str) ->
         )
     else:
         with data_directory(data_dir) as (config, database):
-            issued = JoinTokens(database, TrustDomain(config.trust_domain)).create(
-                spiffe_id, ttl, cli_actor()
-            )
+            issued = _tokens(config, database).create(spiffe_id, ttl, cli_actor())
         made = {
             "id": issued.id,
             "token": issued.token,
@@ -58,7 +65,7 @@ def create(data_dir: str | None, spiffe_id: str, ttl: timedelta, output: str) ->
 def list_(data_dir: str | None, output: str) -> None:
     """List join tokens (never the secrets)."""
     with data_directory(data_dir) as (config, database):
-        views = JoinTokens(database, TrustDomain(config.trust_domain)).list()
+        views = _tokens(config, database).list()
     if output == "json":
         emit_json([v.to_json() for v in views])
         return
@@ -82,5 +89,5 @@ def revoke(data_dir: str | None, token_id: str) -> None:
         admin_client.call(directory, "DELETE", f"/v1/join-tokens/{token_id}")
     else:
         with data_directory(data_dir) as (config, database):
-            JoinTokens(database, TrustDomain(config.trust_domain)).revoke(token_id, cli_actor())
+            _tokens(config, database).revoke(token_id, cli_actor())
     click.echo(f"Revoked join token {token_id}")

@@ -9,7 +9,6 @@ Envoy...). When the server is away it backs off with jitter and says so.
 
 from __future__ import annotations
 
-import http.client
 import random
 import shlex
 import signal
@@ -17,13 +16,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from idmint.ca.issuance.pop import make_proof
-from idmint.errors import IdmintError
+from idmint.client import Issued, Server, WorkloadError, write_svid_files
 
 STATUS_EVERY = 30.0
 BACKOFF_MAX = 60.0
@@ -32,18 +28,15 @@ BACKOFF_MAX = 60.0
 class Watcher:
     def __init__(
         self,
-        server: str,
-        bundle: str,
+        server: Server,
         directory: Path,
-        key: ec.EllipticCurvePrivateKey,
-        issued: dict[str, Any],
+        issued: Issued,
         renew_at: float,
         run: str | None,
         signal_pid: int | None,
         signal_name: str,
     ) -> None:
-        self.server, self.bundle, self.directory = server, bundle, directory
-        self.key, self.issued = key, issued
+        self.server, self.directory, self.issued = server, directory, issued
         self.renew_at, self.run_command = renew_at, run
         self.signal_pid = signal_pid
         self.signal = signal.Signals[
@@ -58,23 +51,18 @@ class Watcher:
         """Unix time of the next renewal: ``renew_at`` of the lifetime, +-5% jitter."""
         from cryptography import x509
 
-        leaf = x509.load_pem_x509_certificates(self.issued["chain_pem"].encode())[0]
+        leaf = x509.load_pem_x509_certificates(self.issued.response["chain_pem"].encode())[0]
         start = leaf.not_valid_before_utc.timestamp()
         life = leaf.not_valid_after_utc.timestamp() - start
         jitter = random.uniform(-0.05, 0.05) * life
         return start + life * self.renew_at + jitter
 
     def _renew(self) -> None:
-        from idmint.cli.svid_commands import _new_key_and_csr, _post, _write_svid
-
-        key, csr = _new_key_and_csr()
-        proof = make_proof(self.issued["chain_pem"], self.key, "x509-renew", csr.encode())
-        issued = _post(
-            self.server, self.bundle, "/v1/svid/x509/renew", {"csr": csr, "proof": proof}
-        )
-        _write_svid(self.directory, key, issued)
-        self.key, self.issued = key, issued
-        click.echo(f"renewed {issued['spiffe_id']} until {issued['expires_at']}", err=True)
+        issued = self.server.renew_x509(self.issued.response["chain_pem"], self.issued.key)
+        write_svid_files(self.directory, issued)
+        self.issued = issued
+        answer = issued.response
+        click.echo(f"renewed {answer['spiffe_id']} until {answer['expires_at']}", err=True)
         if self.run_command:
             done = subprocess.run(shlex.split(self.run_command), check=False)
             if done.returncode:
@@ -88,10 +76,8 @@ class Watcher:
                 click.echo(f"process {self.signal_pid} is gone; not signalled", err=True)
 
     def _told_to_renew(self) -> bool:
-        from idmint.cli.svid_commands import _post
-
-        status = _post(
-            self.server, self.bundle, "/v1/svid/x509/status", {"chain": self.issued["chain_pem"]}
+        status = self.server.post(
+            "/v1/svid/x509/status", {"chain": self.issued.response["chain_pem"]}
         )
         if status["reasons"]:
             click.echo(f"server says renew now: {', '.join(status['reasons'])}", err=True)
@@ -112,7 +98,7 @@ class Watcher:
                     backoff = 1.0
                 if now >= next_status:
                     next_status = now + STATUS_EVERY
-            except (IdmintError, OSError, http.client.HTTPException) as exc:
+            except (WorkloadError, OSError) as exc:
                 # The server is away or refused, or the disk is full: say so,
                 # retry later. Anything else is a bug: it ends the watch (exit 1).
                 wait = min(BACKOFF_MAX, backoff) * random.uniform(0.5, 1.5)

@@ -15,7 +15,7 @@ answers raw ``r||s`` (what JWS wants), which X.509 re-encodes as DER.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -23,10 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 from pkcs11 import MGF, Mechanism
 
 from idmint.hsm.errors import UnsupportedMechanism
-from idmint.hsm.keytypes import KeyType, check_jws_algorithm
-
-if TYPE_CHECKING:
-    from idmint.hsm.keystore import KeyStore, PublicKey
+from idmint.hsm.keytypes import KeyType, PublicKey, check_jws_algorithm
 
 _RSA_PKCS = {
     "sha256": Mechanism.SHA256_RSA_PKCS,
@@ -41,14 +38,30 @@ _RSA_PSS = {
 _JWS_HASH = {"ES256": "sha256", "ES384": "sha384", "RS256": "sha256", "PS256": "sha256"}
 
 
+class TokenSigner(Protocol):
+    """What a key needs of the store that holds it (:class:`idmint.hsm.KeyStore`).
+
+    A protocol rather than an import, so the store can import the key classes
+    and this module needs nothing of the store's.
+    """
+
+    token_label: str
+
+    def sign(
+        self, key_id: bytes, data: bytes, mechanism: Mechanism, mechanism_param: Any = None
+    ) -> bytes: ...
+
+    def uri_for_id(self, key_id: bytes) -> str: ...
+
+
 class HSMPrivateKey:
     """What every HSM-backed key has besides its cryptography interface."""
 
-    store: KeyStore
+    store: TokenSigner
     key_id: bytes
     key_type: KeyType
 
-    def _bind(self, store: KeyStore, key_id: bytes, key_type: KeyType, public: Any) -> None:
+    def _bind(self, store: TokenSigner, key_id: bytes, key_type: KeyType, public: Any) -> None:
         self.store = store
         self.key_id = key_id
         self.key_type = key_type
@@ -227,7 +240,7 @@ _CLASSES: dict[str, type[AnyHSMKey]] = {
 
 
 def make_private_key(
-    store: KeyStore, key_id: bytes, key_type: KeyType, public: PublicKey
+    store: TokenSigner, key_id: bytes, key_type: KeyType, public: PublicKey
 ) -> AnyHSMKey:
     """Wrap key ``key_id`` of ``store`` in the cryptography class of its type."""
     cls = _CLASSES[key_type.family]

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pkcs11
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -39,14 +39,10 @@ from idmint.hsm.errors import (
     TokenNotFound,
     UnsupportedMechanism,
 )
-from idmint.hsm.keytypes import KEY_SPECS, KeyType, ec_params
+from idmint.hsm.keys import AnyHSMKey, make_private_key
+from idmint.hsm.keytypes import KEY_SPECS, KeyType, PublicKey, ec_params
 from idmint.hsm.pool import SESSION_LOST_ERRORS, PooledSession, SessionPool
 from idmint.hsm.uri import PKCS11URI
-
-if TYPE_CHECKING:
-    from idmint.hsm.keys import AnyHSMKey
-
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 _GENERATE_MECHANISM = {
     "ec": Mechanism.EC_KEY_PAIR_GEN,
@@ -385,8 +381,6 @@ class KeyStore:
         self, label: str | None = None, *, key_id: bytes | None = None, uri: str | None = None
     ) -> AnyHSMKey:
         """The private key by label, CKA_ID or RFC 7512 URI, as a cryptography key."""
-        from idmint.hsm.keys import make_private_key
-
         found_id = self._locate(label, key_id, uri)
         key_type, public_key = self._public_key(found_id)
         return make_private_key(self, found_id, key_type, public_key)

@@ -6,12 +6,16 @@ import enum
 import functools
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from idmint.hsm.errors import UnsupportedMechanism
 
 # DER of OID 1.3.101.112 (id-Ed25519, RFC 8410), SoftHSM's CKA_EC_PARAMS for
 # Ed25519; asn1crypto's named-curve table does not know it.
+#: The public half of any key type here, as cryptography loads it.
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
 _ED25519_PARAMS = bytes.fromhex("06032b6570")
 
 

@@ -35,20 +35,24 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from idmint.errors import ClientError
+from idmint.client import Issued, Server, WorkloadError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
 # cryptography (~30 ms to import) and http.client are imported where they are
-# first needed: start-up time is what a service pays on every launch, and
-# from_directory() needs neither.
+# first needed (idmint.client does the same): start-up time is what a service
+# pays on every launch, and from_directory() needs neither.
 
-
-class WorkloadError(ClientError):
-    """The server refused or could not be reached."""
-
-    code = "workload-error"
+__all__ = [
+    "SVID",
+    "DirectoryWorkload",
+    "Workload",
+    "WorkloadError",
+    "from_directory",
+    "peer_spiffe_id",
+    "start",
+]
 
 
 class SVID(NamedTuple):
@@ -59,23 +63,6 @@ class SVID(NamedTuple):
     bundle_pem: str
     expires_at: str
     serial: str
-
-
-def _key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
-    """A fresh P-256 key, made here and never sent, and its CSR (PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-        .decode()
-    )
-    return key, csr
 
 
 class _Contexts:
@@ -143,13 +130,8 @@ class Workload(_Contexts):
 
     def __init__(self, server: str, bundle: str, renew_at: float = 0.5) -> None:
         import tempfile
-        from urllib.parse import urlsplit
 
-        parts = urlsplit(server)
-        if parts.scheme != "https" or not parts.hostname:
-            raise WorkloadError(f"server {server!r} is not an https:// URL")
-        self._host, self._port = parts.hostname, parts.port or 443
-        self._trust = ssl.create_default_context(cafile=bundle)
+        self._server = Server(server, bundle)
         self.renew_at = renew_at
         super().__init__()
         self._svid_dir = Path(tempfile.mkdtemp(prefix="idmint-workload-"))
@@ -157,71 +139,35 @@ class Workload(_Contexts):
         self.svid: SVID | None = None
         self._stop = threading.Event()
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        import http.client
-        import json
+    def _install(self, issued: Issued) -> None:
+        from idmint.client import key_pem
 
-        connection = http.client.HTTPSConnection(
-            self._host, self._port, context=self._trust, timeout=30
-        )
-        try:
-            connection.request(
-                "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
-            )
-            response = connection.getresponse()
-            data = json.loads(response.read() or b"{}")
-        except (OSError, ValueError) as exc:
-            raise WorkloadError(f"cannot reach the idmint server: {exc}") from None
-        finally:
-            connection.close()
-        if response.status >= 400:
-            raise WorkloadError(f"{data.get('detail', data)} (HTTP {response.status})")
-        result: dict[str, Any] = data
-        return result
-
-    def _install(self, key: ec.EllipticCurvePrivateKey, issued: dict[str, Any]) -> None:
-        from cryptography.hazmat.primitives import serialization
-
+        key, answer = issued
         key_file = self._svid_dir / "svid.key"
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-        (self._svid_dir / "svid.pem").write_text(issued["chain_pem"])
-        (self._svid_dir / "bundle.pem").write_text(issued["bundle_pem"])
+            handle.write(key_pem(key))
+        (self._svid_dir / "svid.pem").write_text(answer["chain_pem"])
+        (self._svid_dir / "bundle.pem").write_text(answer["bundle_pem"])
         with self._lock:
             self._key = key
             self.svid = SVID(
-                issued["spiffe_id"],
-                issued["chain_pem"],
-                issued["bundle_pem"],
-                issued["expires_at"],
-                issued["serial"],
+                answer["spiffe_id"],
+                answer["chain_pem"],
+                answer["bundle_pem"],
+                answer["expires_at"],
+                answer["serial"],
             )
             self._reload()
 
     def attest(self, evidence: dict[str, Any], spiffe_id: str | None = None) -> SVID:
-        key, csr = _key_and_csr()
-        body: dict[str, Any] = {"attestation": evidence, "csr": csr}
-        if spiffe_id:
-            body["spiffe_id"] = spiffe_id
-        self._install(key, self._post("/v1/svid/x509", body))
+        self._install(self._server.fetch_x509(evidence, spiffe_id))
         assert self.svid is not None
         return self.svid
 
     def renew(self) -> SVID:
         assert self.svid is not None and self._key is not None
-        from idmint.ca.issuance.pop import make_proof
-
-        key, csr = _key_and_csr()
-
-        proof = make_proof(self.svid.chain_pem, self._key, "x509-renew", csr.encode())
-        self._install(key, self._post("/v1/svid/x509/renew", {"csr": csr, "proof": proof}))
+        self._install(self._server.renew_x509(self.svid.chain_pem, self._key))
         return self.svid
 
     def _due(self) -> float:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what idmint needs on a Debian-like machine, then a virtualenv in .venv.
-#   scripts/bootstrap.sh          runtime: softhsm2, opensc, the package
+#   scripts/bootstrap.sh          runtime: softhsm2, opensc, the package with [server]
 #   scripts/bootstrap.sh --test   also PostgreSQL, redis-server (shared rate limits) and the test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,8 @@ if [[ ! -x .venv/bin/python ]]; then
         "$python" -m venv .venv
     fi
 fi
-extras=""
+# The demo runs the server: [server]; the tests need it too ([test] includes it).
+extras="[server]"
 ((want_test)) && extras="[test,postgres,redis]"
 log=.venv/install.log
 if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip \

@@ -13,10 +13,13 @@ import ssl
 import threading
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idmint.workload import from_directory
 from tests.tls import private_pem, self_signed
+
+pytestmark = pytest.mark.slow  # handshakes during reloads for seconds
 
 
 def _identity(name: str) -> tuple[bytes, bytes]:

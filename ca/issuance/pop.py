@@ -1,11 +1,12 @@
-"""Proof of possession of a current X509-SVID, without re-attestation.
+"""Proof of possession of a current X509-SVID, without re-attestation: the server's check.
 
 A workload that holds an SVID proves it by signing a statement with the
 SVID's key: a fixed context, a purpose, the time, and a digest of what it
 asks for (the new CSR, or the request). The CA checks the chain against its
 own bundle, the time window, that the certificate is not revoked and its
 entry still usable, and spends the signature as a one-time key, so a
-captured request replays nowhere.
+captured request replays nowhere. The client's side (making a proof) and
+the signed statement's format are in :mod:`idmint.pop`.
 
 Wire form (JSON): ``{"chain": PEM, "timestamp": unix seconds,
 "signature": base64}``; the signed bytes are
@@ -19,7 +20,7 @@ import binascii
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -28,39 +29,18 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from idmint.attestation.base import AttestationFailed
 from idmint.attestation.x509pop import verify_signature
+from idmint.pop import jwt_payload, statement
 
 WINDOW = timedelta(seconds=60)
-_CONTEXT = b"idmint-pop-v1\x00"
 
-
-def statement(purpose: str, timestamp: int, payload: bytes) -> bytes:
-    digest = hashlib.sha256(payload).hexdigest()
-    return _CONTEXT + f"{purpose}\x00{timestamp}\x00{digest}".encode("ascii")
-
-
-def make_proof(
-    chain_pem: str, private_key: Any, purpose: str, payload: bytes, now: datetime | None = None
-) -> dict[str, Any]:
-    """The client side: a proof object for ``payload``."""
-    timestamp = int((now or datetime.now(UTC)).timestamp())
-    message = statement(purpose, timestamp, payload)
-    signature = _sign(private_key, message)
-    return {
-        "chain": chain_pem,
-        "timestamp": timestamp,
-        "signature": base64.b64encode(signature).decode("ascii"),
-    }
-
-
-def _sign(private_key: Any, message: bytes) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
-    if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
-    if isinstance(private_key, rsa.RSAPrivateKey):
-        return private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-    raise AttestationFailed(f"SVID keys are EC or RSA, not {type(private_key).__name__}")
+__all__ = [
+    "WINDOW",
+    "ProvenSVID",
+    "issuer_kid",
+    "jwt_payload",
+    "statement",
+    "verify_proof",
+]
 
 
 @dataclass(frozen=True)
@@ -148,10 +128,3 @@ def issuer_kid(certificate: x509.Certificate) -> str | None:
     except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         return None
     return aki.key_identifier.hex() if aki.key_identifier else None
-
-
-def jwt_payload(audiences: list[str] | tuple[str, ...]) -> bytes:
-    """What a JWT-SVID request by proof signs: the audiences, unambiguously."""
-    import json
-
-    return json.dumps(list(audiences), separators=(",", ":")).encode()

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from idmint.ca.authority.authorities import authorities
@@ -26,6 +27,9 @@ from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AuthorityKind, AuthorityState, CredentialKind, Revocation
 from idmint.hsm import KeyStore
 from idmint.hsm.uri import PKCS11URI
+
+pytestmark = pytest.mark.slow  # kill -9 in the middle of rotations, then restart
+
 
 WORKER = Path(__file__).resolve().parent.parent / "crash_worker.py"
 

@@ -18,21 +18,22 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "idmint.cli.main"]
 
 
+def run_idmint(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``idmint *args`` in a subprocess, without inherited idmint or SoftHSM settings."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
+    environment.pop("SOFTHSM2_CONF", None)
+    environment.update(env or {})
+    return subprocess.run(
+        [*_command(), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.fixture
-def idmint(monkeypatch: pytest.MonkeyPatch) -> Runner:
+def idmint() -> Runner:
     """``idmint(*args, env={...})`` -> CompletedProcess with text output."""
-
-    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
-        environment.pop("SOFTHSM2_CONF", None)
-        environment.update(env or {})
-        return subprocess.run(
-            [*_command(), *args],
-            capture_output=True,
-            text=True,
-            env=environment,
-            timeout=120,
-            check=False,
-        )
-
-    return run
+    return run_idmint

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.cli.conftest import Runner
+
+pytestmark = pytest.mark.slow  # a root rotation runbook through the real command
 
 
 def test_root_rotation_runbook(idmint: Runner, tmp_path: Path) -> None:

@@ -8,15 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Runner
+from tests.cli.conftest import Runner, run_idmint
+
+
+def _init(data: Path) -> Path:
+    done = run_idmint("init", "--data-dir", str(data), "--trust-domain", "example.org")
+    assert done.returncode == 0, done.stderr
+    return data
 
 
 @pytest.fixture
-def data_dir(idmint: Runner, tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    done = idmint("init", "--data-dir", str(data), "--trust-domain", "example.org")
-    assert done.returncode == 0, done.stderr
-    return data
+def data_dir(tmp_path: Path) -> Path:
+    return _init(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def refusing_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data directory for every refusal: each must leave it as empty as it found it."""
+    return _init(tmp_path_factory.mktemp("refusals") / "data")
 
 
 def _create(idmint: Runner, data: Path, *extra: str) -> dict[str, object]:
@@ -48,6 +57,7 @@ def _create(idmint: Runner, data: Path, *extra: str) -> dict[str, object]:
     return created
 
 
+@pytest.mark.slow  # a dozen CLI processes (create, list, update, show, delete, audit)
 def test_entry_lifecycle(idmint: Runner, data_dir: Path) -> None:
     created = _create(idmint, data_dir)
     assert created["selectors"] == ["k8s:ns:prod", "unix:uid:1000"]
@@ -106,8 +116,9 @@ def test_entry_lifecycle(idmint: Runner, data_dir: Path) -> None:
     ],
 )
 def test_bad_entries_are_refused_and_nothing_is_written(
-    idmint: Runner, data_dir: Path, args: list[str], reason: str
+    idmint: Runner, refusing_data_dir: Path, args: list[str], reason: str
 ) -> None:
+    data_dir = refusing_data_dir
     base = {
         "--spiffe-id": "spiffe://example.org/web",
         "--selector": "unix:uid:1000",

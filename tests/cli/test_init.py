@@ -174,6 +174,7 @@ def test_init_with_a_missing_module_creates_nothing(idmint: Runner, tmp_path: Pa
     assert not data.exists()
 
 
+@pytest.mark.slow  # a token and root key per type (the default EC P-256 is everywhere else)
 @pytest.mark.parametrize("key_type", ["ec-p384", "rsa-2048", "ed25519"])
 def test_init_key_types(idmint: Runner, tmp_path: Path, key_type: str) -> None:
     data = tmp_path / key_type
@@ -201,7 +202,11 @@ def test_no_command_takes_a_pin_on_argv() -> None:
     def walk(command: click.Command) -> list[str]:
         names = [p.name or "" for p in command.params]
         if isinstance(command, click.Group):
-            for sub in command.commands.values():
+            # Through get_command: the top-level group imports its commands lazily.
+            context = click.Context(command)
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None, name
                 names.extend(walk(sub))
         return names
 

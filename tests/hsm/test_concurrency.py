@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -21,6 +22,7 @@ THREADS = 8
 SIGNATURES_PER_THREAD = 2000
 
 
+@pytest.mark.slow  # a soak: 16,000 signatures
 def test_eight_threads_sign_two_thousand_times_each(keystore: KeyStore) -> None:
     key = keystore.generate(KeyType.EC_P256, "concurrent")
     public = key.public_key()

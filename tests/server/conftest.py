@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from idmint.ca.issuance.pop import make_proof
 from idmint.cli.admin_client import call as admin_call
+from idmint.pop import make_proof
 
 OIDC_ISSUER = "https://ci.example.test"
 K8S_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -331,14 +331,23 @@ def _idmint() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "idmint.cli.main"]
 
 
-def init_data_dir(data: Path, trust_domain: str = "example.org") -> Path:
-    """``idmint init`` of a fresh data directory (embedded SoftHSM + SQLite)."""
+def init_data_dir(data: Path, trust_domain: str = "example.org", cache_seconds: float = 0) -> Path:
+    """``idmint init`` of a fresh data directory (embedded SoftHSM + SQLite).
+
+    ``cache_seconds = 0`` by default: the workers re-read entries and
+    authorities on every request, so a test sees an admin change at once
+    instead of sleeping past the cache (1 s in production).
+    """
     subprocess.run(
         [*_idmint(), "init", "--data-dir", str(data), "--trust-domain", trust_domain],
         check=True,
         capture_output=True,
         env=clean_env(),
     )
+    config = data / "idmint.toml"
+    text = config.read_text()
+    assert "\n[ca]\n" in text, text
+    config.write_text(text.replace("\n[ca]\n", f"\n[ca]\ncache_seconds = {cache_seconds}\n", 1))
     return data
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from idmint.ca.authority.authorities import authorities
@@ -30,6 +31,9 @@ from idmint.cli.admin_client import call
 from idmint.hsm import KeyStore
 from idmint.hsm.uri import PKCS11URI
 from tests.server.conftest import Server, clean_env, start_server
+
+pytestmark = pytest.mark.slow  # kill -9 of a server subprocess and restarts
+
 
 IDMINT = str(Path(sys.executable).parent / "idmint")
 

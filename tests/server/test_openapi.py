@@ -6,12 +6,16 @@ lists for that operation (the document is the one the server serves).
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import status_code_conformance
 
 from idmint.ca.api.openapi import document
 from tests.server.conftest import Server
+
+pytestmark = pytest.mark.slow  # schemathesis drives every operation
+
 
 schema = schemathesis.openapi.from_dict(document())
 

@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.pg import fresh_database
 from tests.server.conftest import Server, clean_env, csr_pem, start_server
 
+pytestmark = pytest.mark.slow  # two server subprocesses on PostgreSQL
+
+
 IDMINT = [str(Path(sys.executable).parent / "idmint")]
 
 
@@ -108,7 +111,7 @@ def test_svid_from_one_replica_verifies_with_the_other(
     key, svid = a.x509_by_token("spiffe://example.org/replica/web")
     _, _, bundle = b.request("GET", "/v1/bundle?format=pem")
     assert bundle.decode() == svid["bundle_pem"]
-    from idmint.ca.issuance.pop import make_proof
+    from idmint.pop import make_proof
 
     csr = csr_pem(ec.generate_private_key(ec.SECP256R1()))
     proof = make_proof(svid["chain_pem"], key, "x509-renew", csr.encode())

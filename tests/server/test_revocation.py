@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -171,9 +172,6 @@ def test_revoking_an_entry_revokes_its_credentials_and_stops_issuance(
     leaf, intermediate = _split_chain(tmp_path, "leaf", svid["chain_pem"])
     assert _ocsp_status(server, tmp_path, leaf, intermediate, str(root)) == "revoked"
     token = server.join_token(spiffe_id)
-    import time
-
-    time.sleep(1.1)  # every worker re-reads entries within cache_seconds (1 s)
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from tests.server.conftest import csr_pem
@@ -217,6 +215,7 @@ def test_ocsp_unknown_for_a_serial_never_issued(server: Server, tmp_path: Path) 
     assert _ocsp_status(server, tmp_path, str(path), intermediate, str(root)) == "unknown"
 
 
+@pytest.mark.slow  # prepares a JWT authority in the HSM through the CLI (~10 s here)
 def test_revoke_an_authority_through_the_api(server: Server) -> None:
     (row,) = server.authority("prepare", "jwt")
     result = server.admin("POST", "/v1/revocations", {"kind": "authority", "id": row["id"]})

@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from idmint.ca.issuance.pop import jwt_payload, make_proof
+from idmint.pop import jwt_payload, make_proof
 from tests.server.conftest import Server, csr_pem
 from tests.tls import context, handshake, write_svid
+
+pytestmark = pytest.mark.slow  # root rotation under load: minutes of traffic
+
 
 WORKLOADS = 20
 

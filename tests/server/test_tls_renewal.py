@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from tests.server.conftest import Server
+
+pytestmark = pytest.mark.slow  # renews and reloads the server's TLS certificate
 
 
 def _served_serial(server: Server) -> int:

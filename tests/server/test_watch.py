@@ -8,9 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from tests.server.conftest import Server
+
+pytestmark = pytest.mark.slow  # waits for two renewals
 
 
 def test_watch_renews_atomically_and_runs_the_command(server: Server, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import IssuedCredential
 from tests.server.conftest import Server, init_data_dir, start_server
 
+pytestmark = pytest.mark.slow  # kills and restarts the writer of server subprocesses
+
 
 def _writer_pid(data: Path) -> int:
     for entry in Path("/proc").iterdir():
