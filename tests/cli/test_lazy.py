@@ -105,6 +105,7 @@ def test_completion_through_the_real_command(idmint: Runner) -> None:
         "plain,root",
         "plain,intermediate",
         "plain,jwt",
+        "plain,audit",
     ]
     source = idmint(env={"_IDMINT_COMPLETE": "bash_source"})
     assert source.returncode == 0 and "complete -o nosort -F" in source.stdout
