@@ -46,7 +46,7 @@ def test_the_tree_was_found() -> None:
     names = {_name(cls) for cls in TREE}
     assert len(TREE) >= 40
     assert "idmint.ca.errors.InvalidCSR" in names
-    assert "idmint.workload.WorkloadError" in names
+    assert "idmint.client.WorkloadError" in names
 
 
 def test_every_server_side_class_has_its_own_entry() -> None:
