@@ -22,6 +22,7 @@ from idmint.attestation.oidc import OIDCAttestor
 from idmint.attestation.x509pop import X509PoPAttestor
 from idmint.ca.config import CAConfig
 from idmint.ca.service import CAService
+from idmint.ca.storage import spends
 from idmint.ca.storage.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
 from idmint.ca.storage.writer import WriterClient
 
@@ -51,12 +52,16 @@ class APIState:
             raise AttestationFailed(f"attestation type {kind!r} is not enabled on this server")
         now = now or datetime.now(UTC)
         attested = attestor.attest(evidence, now)
-        self.used.spend(attested.replay_keys, now)
+        pending = spends.current()
+        if pending is not None:  # spent with the credential's record (ca/storage/spends.py)
+            pending.keys.extend(attested.replay_keys)
+        else:
+            self.used.spend(attested.replay_keys, now)
         return attested
 
 
 def build_attestors(
-    config: CAConfig, tokens: JoinTokenLedger, nonces: Nonces
+    config: CAConfig, tokens: JoinTokenLedger, nonces: Nonces | spends.DeferredNonces
 ) -> dict[str, Attestor]:
     """Join tokens always; OIDC, Kubernetes and x509pop when configured."""
     section: dict[str, Any] = dict(config.extra.get("attestation", {}) or {})
@@ -86,16 +91,24 @@ def state() -> APIState:
                 # Under `idmint server` the writer process makes the hot-path
                 # writes (ca/writer.py says why); elsewhere this process does.
                 socket_path = app.config.get("IDMINT_WRITER_SOCKET")
-                writer = WriterClient(Path(socket_path)) if socket_path else None
+                writer = (
+                    WriterClient(Path(socket_path), timeout=config.database_timeout + 3.0)
+                    if socket_path
+                    else None
+                )
                 service = CAService.open(config, run_migrations=False, recorder=writer)
                 from idmint.ca.api import metrics
 
                 service.keystore.sign_observer = metrics.HSM_SIGN_SECONDS.observe
+                service.issuer.refusals.observer = metrics.count_refusal
                 tokens = JoinTokens(service.database, service.trust_domain)
                 nonces = Nonces(service.database)
+                # Attestors check their single-use evidence; it is spent with
+                # the credential's record, in one transaction (spends.py).
+                ledger = spends.DeferredJoinTokens(service.database, writer or tokens)
                 found = APIState(
                     service=service,
-                    attestors=build_attestors(config, writer or tokens, nonces),
+                    attestors=build_attestors(config, ledger, spends.DeferredNonces(nonces)),
                     tokens=tokens,
                     nonces=nonces,
                     used=writer or UsedEvidenceLedger(service.database),

@@ -144,7 +144,6 @@ def test_issuance_records_go_through_the_writer_and_the_chain_verifies(
     token = issuer.issue_jwt(selectors, ["db"])
     with pytest.raises(NoMatchingEntry):  # refusals are audited through the writer too
         issuer.issue_jwt(selectors, ["db"], spiffe_id="spiffe://example.org/nobody")
-    client.flush()
     with database.reading() as session:
         identifiers = set(session.scalars(select(IssuedCredential.identifier)))
         events = session.execute(
