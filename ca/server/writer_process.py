@@ -65,7 +65,8 @@ class WriterProcess:
 
         def loop() -> None:
             while not self._stopping:
-                time.sleep(1.0)
+                # Often: workers wait for a restarted writer (up to 2 s) rather than fail.
+                time.sleep(0.1)
                 # gunicorn may reap it first; poll() then still says it exited.
                 if self._stopping or self.process.poll() is None:
                     continue

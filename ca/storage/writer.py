@@ -23,10 +23,10 @@ own writer.
 A database that does not answer (locked by another process, read-only,
 gone) fails a transaction within the configured ``[database] timeout``
 (default 2 s; the worker answers 503 + Retry-After). From then on, until a
-transaction succeeds again, each one may wait only :data:`PROBE_TIMEOUT`:
-every write is answered within that (503 while the database is away), and
-the first one after it came back succeeds, so issuance resumes at once,
-without a restart.
+transaction succeeds again, the writer tries one every :data:`PROBE_TIMEOUT`
+seconds, letting it wait only that long, and answers the writes in between
+at once (503); the first try after the database came back succeeds, so
+issuance resumes within ~0.2 s, without a restart.
 
 Frames are a 4-byte big-endian length and a JSON array:
 
@@ -171,6 +171,8 @@ class WriterServer:
         self.path = path
         self.used = UsedEvidenceLedger(database)
         self._down = False  # the last transaction failed: wait only PROBE_TIMEOUT
+        self._next_probe = 0.0  # while down: writes before this are answered at once
+        self._down_answer: list[str] = []
         self._selector = selectors.DefaultSelector()
 
     def listen(self) -> socket.socket:
@@ -219,11 +221,19 @@ class WriterServer:
     def _timeout(self) -> float | None:
         return PROBE_TIMEOUT if self._down else None
 
+    def _waiting(self) -> list[str] | None:
+        """While the database is away, the answer for writes between two probes."""
+        if self._down and time.monotonic() < self._next_probe:
+            return self._down_answer
+        return None
+
     def _database_failed(self, error: Exception) -> list[str]:
         if not self._down:
             log.error("writer: the database failed (%s); answering 503 until it is back", error)
         self._down = True
-        return ["refused", "error", _unanswered(error)]
+        self._next_probe = time.monotonic() + PROBE_TIMEOUT
+        self._down_answer = ["refused", "error", _unanswered(error)]
+        return self._down_answer
 
     def _write(self, turn: _Turn) -> None:
         if turn.consumes:
@@ -299,6 +309,10 @@ class WriterServer:
             turn.consumes.append((peer, str(message[1]), datetime.fromisoformat(message[2])))
         elif op == "spend":
             keys = [(str(key), datetime.fromisoformat(exp)) for key, exp in message[1]]
+            waiting = self._waiting()
+            if waiting is not None:
+                self._answer(peer, waiting)
+                return
             try:
                 self.used.spend(keys, datetime.fromisoformat(message[2]), self._timeout())
                 self._down = False
@@ -312,6 +326,11 @@ class WriterServer:
 
     def _issue(self, issues: list[tuple[_Peer, Issuance]]) -> None:
         """Every issuance that arrived together, spent and recorded in one transaction."""
+        waiting = self._waiting()
+        if waiting is not None:
+            for peer, _ in issues:
+                self._answer(peer, waiting)
+            return
         items = [item for _, item in issues]
         try:
             with self.database.connection(self._timeout()) as connection:
@@ -333,6 +352,11 @@ class WriterServer:
 
     def _consume(self, consumes: list[tuple[_Peer, str, datetime]]) -> None:
         """Every join token that arrived together, spent in one transaction."""
+        waiting = self._waiting()
+        if waiting is not None:
+            for peer, _, _ in consumes:
+                self._answer(peer, waiting)
+            return
         try:
             with self.database.cursor(self._timeout()) as cursor:
                 spent = [
