@@ -121,6 +121,10 @@ class Database:
         )
         self._lock_file: tuple[int, int] | None = None  # (pid, fd): flock is per process
         self._depth = 0
+        #: Of the write turn's timeout, what was left once it was taken: the
+        #: transaction's own waits (SQLite's busy handler) get only that, so
+        #: one transaction never waits more than the timeout in all.
+        self._left: float | None = None
 
     @contextmanager
     def _serialised(self, timeout: float | None = None) -> Iterator[None]:
@@ -129,17 +133,20 @@ class Database:
             yield
             return
         wait = self.timeout if timeout is None else timeout
+        started = time.monotonic()
         if not self._lock.acquire(timeout=wait):
             raise DatabaseBusy(f"the database's write turn was not free within {wait:g} s")
         try:
             self._depth += 1
             try:
                 if self._depth == 1:
-                    self._lock_across_processes(wait)
+                    self._lock_across_processes(max(wait - (time.monotonic() - started), 0.0))
+                    self._left = wait - (time.monotonic() - started)
                 yield
             finally:
                 self._depth -= 1
                 if self._depth == 0:
+                    self._left = None
                     self._unlock_across_processes()
         finally:
             self._lock.release()
@@ -170,13 +177,21 @@ class Database:
         (default: the configured timeout).
         """
         with self._serialised(timeout), self.engine.begin() as connection:
-            if timeout is not None:
-                self._limit_waits(connection.connection, timeout)
+            limit = self._waits(timeout)
+            if limit is not None:
+                self._limit_waits(connection.connection, limit)
             try:
                 yield connection
             finally:
-                if timeout is not None:
+                if limit is not None:
                     self._limit_waits(connection.connection, None)
+
+    def _waits(self, timeout: float | None) -> float | None:
+        """The wait limit for this transaction, None if the configured one stands."""
+        left = self._left
+        if left is not None and left < (self.timeout if timeout is None else timeout) - 0.01:
+            return max(left, 0.01)  # the write turn took part of it
+        return timeout
 
     @contextmanager
     def cursor(self, timeout: float | None = None) -> Iterator[Any]:
@@ -188,9 +203,10 @@ class Database:
         """
         with self._serialised(timeout):
             connection = self.engine.raw_connection()
+            limit = self._waits(timeout)
             try:
-                if timeout is not None:
-                    self._limit_waits(connection, timeout)
+                if limit is not None:
+                    self._limit_waits(connection, limit)
                 cursor = connection.cursor()
                 try:
                     yield cursor
@@ -200,7 +216,7 @@ class Database:
                     raise
                 finally:
                     cursor.close()
-                    if timeout is not None:
+                    if limit is not None:
                         self._limit_waits(connection, None)
             finally:
                 connection.close()  # back to the pool

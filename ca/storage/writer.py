@@ -510,9 +510,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = load(args.data_dir)
     database = Database(config.database_url, timeout=config.database_timeout)
     try:
-        WriterServer(database, Path(args.socket)).serve(stop, args.parent)
+        if take_turn(Path(f"{args.socket}.lock"), stop, args.parent):
+            WriterServer(database, Path(args.socket)).serve(stop, args.parent)
     finally:
         database.close()
+
+
+def take_turn(path: Path, stop: threading.Event, parent: int | None) -> bool:
+    """Wait to be the one writer: an flock on ``path``, released when its holder dies.
+
+    The server keeps a standby writer started (interpreter up, modules
+    imported) waiting here, so when the writer is killed the standby takes
+    over within milliseconds instead of the seconds a new interpreter
+    takes; workers wait for the socket meanwhile. False if told to stop
+    (or the server went away) first.
+    """
+    import fcntl
+
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    while not stop.is_set():
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            log.info("writer: serving (pid %d)", os.getpid())
+            return True  # held until this process ends
+        except BlockingIOError:
+            if parent is not None and os.getppid() != parent:
+                return False
+            stop.wait(0.01)
+    return False
 
 
 if __name__ == "__main__":
