@@ -233,9 +233,35 @@ class Issuer:
         """Audit a refused request, aggregated per source and minute (see :mod:`refusals`)."""
         self.refusals.refused(action, actor, error, selectors)
 
-    def _record(self, spend: Spend | None, credential: dict[str, Any], event: audit.Event) -> None:
-        """Spend, record and audit in one committed transaction, before anything is signed."""
-        self.recorder.commit(Issuance(spend, credential, (event,)))
+    def _signed(
+        self,
+        spend: Spend | None,
+        credential: dict[str, Any],
+        event: audit.Event,
+        sign: Callable[[], Any],
+        action: str,
+        detail: dict[str, Any],
+    ) -> Any:
+        """Spend, record and audit in one transaction; sign meanwhile; return once committed.
+
+        The record is sent before signing starts and the signature is
+        returned only after the commit was confirmed, so nothing leaves
+        unrecorded; the HSM signature and the commit overlap instead of
+        adding up. If the commit is refused (evidence replayed, database
+        away) the signature is thrown away unseen.
+        """
+        settle = self.recorder.begin(Issuance(spend, credential, (event,)))
+        try:
+            signed = sign()
+        except Exception:
+            try:
+                settle()
+            except IdmintError:
+                raise  # not recorded: nothing to mark
+            self._unsigned(action, event.subject, event.actor, detail)
+            raise
+        settle()
+        return signed
 
     def _unsigned(self, action: str, subject: str, actor: str, detail: dict[str, Any]) -> None:
         """Mark a recorded credential whose signing failed (nobody holds it; harmless)."""
@@ -291,7 +317,7 @@ class Issuer:
             self.refuse("x509-svid.issue", actor, error, selectors)
             raise
         serial_hex = format(serial, "x")
-        self._record(
+        certificate = self._signed(
             spend,
             {
                 "kind": CredentialKind.X509,
@@ -309,12 +335,10 @@ class Issuer:
                 detail={"serial": serial_hex, "entry": entry.id, "not_after": not_after},
                 at=now,
             ),
+            lambda: builder.sign(ca.key, ca.hash),
+            "x509-svid.sign",
+            {"serial": serial_hex},
         )
-        try:
-            certificate = builder.sign(ca.key, ca.hash)
-        except Exception:
-            self._unsigned("x509-svid.sign", entry.spiffe_id, actor, {"serial": serial_hex})
-            raise
         leaf_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
         return X509SVID(
             spiffe_id=entry.spiffe_id,
@@ -362,7 +386,7 @@ class Issuer:
             self.refuse("jwt-svid.issue", actor, error, selectors)
             raise
         expires_at = datetime.fromtimestamp(claims["exp"], UTC)
-        self._record(
+        token = self._signed(
             spend,
             {
                 "kind": CredentialKind.JWT,
@@ -380,12 +404,10 @@ class Issuer:
                 detail={"jti": claims["jti"], "aud": list(audiences), "entry": entry.id},
                 at=now,
             ),
+            lambda: encode_jwt_svid(jwt.sign, jwt.alg, jwt.row.kid, claims),
+            "jwt-svid.sign",
+            {"jti": claims["jti"]},
         )
-        try:
-            token = encode_jwt_svid(jwt.sign, jwt.alg, jwt.row.kid, claims)
-        except Exception:
-            self._unsigned("jwt-svid.sign", entry.spiffe_id, actor, {"jti": claims["jti"]})
-            raise
         return JWTSVID(
             spiffe_id=entry.spiffe_id,
             token=token,

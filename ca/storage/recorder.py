@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +62,10 @@ class RecordSink(Protocol):
 
     def commit(self, item: Issuance) -> None:
         """Spend, record and audit ``item`` in one transaction; raise if refused or not done."""
+        ...
+
+    def begin(self, item: Issuance) -> Callable[[], None]:
+        """Start :meth:`commit`; the callable returned waits for it (raising as commit does)."""
         ...
 
     def close(self) -> None: ...
@@ -160,6 +164,10 @@ def refusal(database: Database, item: Issuance, failed: str) -> IdmintError:
     return EvidenceReplayed("this evidence was already used; get a fresh one")
 
 
+def _done() -> None:
+    pass
+
+
 class Recorder:
     """Commits issuances in this process (no writer process), grouped across threads."""
 
@@ -168,6 +176,10 @@ class Recorder:
         self._lock = threading.Condition()
         self._waiting: list[tuple[Issuance, list[Any]]] = []
         self._committing = False
+
+    def begin(self, item: Issuance) -> Callable[[], None]:
+        self.commit(item)  # in this process: committed before signing, nothing to overlap
+        return _done
 
     def commit(self, item: Issuance) -> None:
         slot: list[Any] = []
