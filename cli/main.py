@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from idmint import __version__
+from idmint.cli.agent_commands import agent
 from idmint.cli.audit_commands import audit
 from idmint.cli.authority_commands import authority
 from idmint.cli.bundle_commands import bundle
@@ -51,6 +52,7 @@ cli.add_command(svid)
 cli.add_command(revoke)
 cli.add_command(authority)
 cli.add_command(hsm)
+cli.add_command(agent)
 
 
 def main() -> None:

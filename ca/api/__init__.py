@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from idmint.ca.api import admin, bundle, health, revocation, svid
+from idmint.ca.api import admin, agent, bundle, health, revocation, svid
 from idmint.ca.api.openapi import document
 from idmint.ca.api.problems import from_error, from_http
 from idmint.ca.config import CAConfig
@@ -32,7 +32,7 @@ def create_app(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
     )
-    for module in (svid, bundle, admin, health, revocation):
+    for module in (svid, bundle, admin, health, revocation, agent):
         app.register_blueprint(module.blueprint)
 
     @app.get("/v1/openapi.json")
