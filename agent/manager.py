@@ -76,7 +76,7 @@ class Manager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._jwt_lock = threading.Lock()
-        self._jwts: dict[tuple[str, tuple[str, ...]], tuple[str, datetime]] = {}
+        self._jwts: dict[tuple[str, tuple[str, ...]], tuple[str, datetime, str | None]] = {}
 
     # -- life cycle ------------------------------------------------------------
 
@@ -119,7 +119,15 @@ class Manager:
     def step(self) -> None:
         """Attest or renew the agent SVID if due, sync, sign what is due, publish."""
         self._ensure_agent_svid()
-        document = self.client.sync(self.revision)
+        try:
+            document = self.client.sync(self.revision)
+        except ServerRefused as refused:
+            if refused.status != 401:
+                raise
+            # The agent SVID stopped proving anything (its issuer tainted, say):
+            # renew it by proof of the key the server last issued it, then retry.
+            self._renew_agent()
+            document = self.client.sync(self.revision)
         if document is not None:
             self._apply(document)
         self._sign_due()
@@ -136,6 +144,9 @@ class Manager:
         if self._agent_renew_at is not None and now < self._agent_renew_at:
             if issuer_kid(svid.certificate) not in self.untrusted:
                 return
+        self._renew_agent()
+
+    def _renew_agent(self) -> None:
         try:
             self._installed(self.client.renew())
         except ServerRefused as refused:
@@ -259,15 +270,17 @@ class Manager:
         now = self.clock()
         with self._jwt_lock:
             cached = self._jwts.get(key)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None:
+            token, reuse_until, jti = cached
+            if reuse_until > now and jti not in self.store.current.revoked_jtis:
+                return token
         issued = self.client.jwt(entry.id, list(key[1]))
         token = str(issued["token"])
         expires = datetime.fromisoformat(str(issued["expires_at"]).replace("Z", "+00:00"))
         issued_at = _jwt_iat(token) or now
         reuse_until = issued_at + (expires - issued_at) / 2
         with self._jwt_lock:
-            self._jwts[key] = (token, reuse_until)
+            self._jwts[key] = (token, reuse_until, issued.get("jti"))
         return token
 
 

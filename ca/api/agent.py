@@ -20,14 +20,17 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hmac
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from cryptography import x509
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
+from idmint.attestation.base import AttestationFailed
 from idmint.ca.api import metrics
 from idmint.ca.api.auth import Unauthenticated, request_payload, require_admin
 from idmint.ca.api.context import APIState, state
@@ -42,11 +45,12 @@ from idmint.ca.issuance.agents import (
     agent_ttl,
     authorized_entries,
     is_agent_id,
+    key_digest,
     sync_document,
 )
 from idmint.ca.issuance.issuer import X509SVID
 from idmint.ca.issuance.pop import verify_proof
-from idmint.ca.storage.models import Authority, AuthorityState
+from idmint.ca.storage.models import Authority, AuthorityState, CredentialKind, Revocation
 from idmint.ca.x509.csr import CheckedCSR, check_csr
 from idmint.errors import IdmintError
 
@@ -100,8 +104,16 @@ def _registry(api: APIState) -> AgentRegistry:
     return AgentRegistry(api.service.database, api.service.trust_domain)
 
 
-def authenticate(spend: bool) -> AgentView:
-    """The calling agent, from its SVID proof; raise 401/403 otherwise."""
+def authenticate(spend: bool, renewing: bool = False) -> AgentView:
+    """The calling agent, from its SVID proof; raise 401/403 otherwise.
+
+    An SVID under a tainted authority proves nothing (its key may be in
+    other hands, who could mint any ID), except to renew the very SVID this
+    server last issued to the agent: ``renewing`` and the same public key as
+    recorded. A forger holding the tainted CA key but not the agent's own key
+    cannot sign that proof; so the agent moves off the tainted key without
+    new node evidence (a join token is good once). Removed authorities never.
+    """
     header = request.headers.get(PROOF_HEADER)
     if not header:
         raise Unauthenticated(f"agent calls need an agent SVID proof ({PROOF_HEADER})")
@@ -115,13 +127,25 @@ def authenticate(spend: bool) -> AgentView:
     proven = verify_proof(
         proof, PROOF_PURPOSE, request_payload(), issuer.bundle().roots, now, issuer.is_revoked
     )
-    check_issuers(issuer, proven)
     if not is_agent_id(proven.spiffe_id, api.service.trust_domain):
         raise AgentForbidden(f"{proven.spiffe_id} is not an agent SVID")
     agent = _registry(api).active(proven.spiffe_id)
+    try:
+        check_issuers(issuer, proven)
+    except AttestationFailed:
+        if not renewing or not _own_svid_under_taint(issuer, proven, proof, agent):
+            raise
     if spend:
         api.used.spend([proven.replay_key], now)
     return agent
+
+
+def _own_svid_under_taint(issuer: Any, proven: Any, proof: Any, agent: AgentView) -> bool:
+    states = {issuer.authority_state(proven.issuer_kid), issuer.authority_state(proven.root_kid)}
+    if not states <= {"active", "retired", "tainted"} or agent.key_sha256 is None:
+        return False
+    leaf = x509.load_pem_x509_certificates(str(proof["chain"]).encode("ascii"))[0]
+    return hmac.compare_digest(key_digest(leaf), agent.key_sha256)
 
 
 def _checked_csr(api: APIState, text: str) -> CheckedCSR:
@@ -143,7 +167,9 @@ def _agent_svid(api: APIState, agent: AgentView, csr: str, checked: CheckedCSR) 
             checked=checked,
         ),
     )
-    _registry(api).issued(agent.spiffe_id, svid.serial, svid.expires_at)
+    _registry(api).issued(
+        agent.spiffe_id, svid.serial, svid.expires_at, key_digest(svid.certificate)
+    )
     return jsonify({**_x509_json(svid), "agent_id": agent.spiffe_id}), 201
 
 
@@ -173,9 +199,21 @@ def renew() -> Any:
     data = body()
     limit(request.remote_addr or "-")
     csr = _text(data, "csr")
-    agent = authenticate(spend=True)
+    agent = authenticate(spend=True, renewing=True)
     api = state()
     return _agent_svid(api, agent, csr, _checked_csr(api, csr))
+
+
+def _revoked_jtis(api: APIState) -> list[str]:
+    """JWT-SVIDs revoked and not yet expired: the agent's ValidateJWTSVID refuses them."""
+    with api.service.database.reading() as session:
+        return list(
+            session.scalars(
+                select(Revocation.identifier)
+                .where(Revocation.kind == CredentialKind.JWT)
+                .where(Revocation.not_after > datetime.now(UTC))
+            )
+        )
 
 
 def _untrusted_authorities(api: APIState) -> list[str]:
@@ -204,6 +242,7 @@ def entries() -> Any:
         current.bundle_pem,
         current.ca.row.kid,
         _untrusted_authorities(api),
+        _revoked_jtis(api),
     )
     etag = f'"{revision}"'
     if request.headers.get("If-None-Match") == etag:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from idmint.attestation.base import AttestationFailed, Attested
@@ -76,6 +78,7 @@ class AgentView:
     selectors: tuple[str, ...]
     entry_id: str
     serial: str | None
+    key_sha256: str | None
     svid_expires_at: datetime | None
     attested_at: datetime
     seen_at: datetime
@@ -90,6 +93,7 @@ class AgentView:
             selectors=tuple(row.selectors),
             entry_id=row.entry_id,
             serial=row.serial,
+            key_sha256=row.key_sha256,
             svid_expires_at=row.svid_expires_at,
             attested_at=row.attested_at,
             seen_at=row.seen_at,
@@ -118,6 +122,14 @@ class AgentView:
             "banned": self.banned,
             "banned_at": _iso(self.banned_at),
         }
+
+
+def key_digest(certificate: x509.Certificate) -> str:
+    """SHA-256 (hex) of a certificate's SubjectPublicKeyInfo."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -170,6 +182,7 @@ def sync_document(
     bundle_pem: str,
     x509_authority: str,
     untrusted_authorities: Sequence[str],
+    revoked_jtis: Sequence[str] = (),
 ) -> tuple[str, dict[str, Any]]:
     """What an agent syncs, and its revision (a digest of it, the HTTP ETag)."""
     document = {
@@ -191,6 +204,7 @@ def sync_document(
         "bundle_pem": bundle_pem,
         "x509_authority": x509_authority,
         "untrusted_authorities": sorted(untrusted_authorities),
+        "revoked_jtis": sorted(revoked_jtis),
     }
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     revision = hashlib.sha256(canonical).hexdigest()[:32]
@@ -302,6 +316,7 @@ class AgentRegistry:
                     selectors=sorted(set(selectors)),
                     entry_id=entry_id,
                     serial=None,
+                    key_sha256=None,
                     svid_expires_at=None,
                     attested_at=now,
                     seen_at=now,
@@ -328,12 +343,14 @@ class AgentRegistry:
             )
             return AgentView.of(row)
 
-    def issued(self, agent_id: str, serial: str, expires_at: datetime) -> None:
-        """Note the agent's current SVID (for ``idmint agent show``)."""
+    def issued(self, agent_id: str, serial: str, expires_at: datetime, key_sha256: str) -> None:
+        """Note the agent's current SVID: shown by ``idmint agent show``, and its key
+        lets that SVID renew once its issuer is tainted (see ca/api/agent.py)."""
         with self.database.session() as session:
             row = session.get(Agent, agent_id)
             if row is not None:
                 row.serial, row.svid_expires_at = serial, expires_at
+                row.key_sha256 = key_sha256
                 row.seen_at = datetime.now(UTC)
 
     def get(self, agent_id: str) -> AgentView:

@@ -157,6 +157,8 @@ class Agent(Base):
     #: The registration entry that holds its own SVID policy (created with it).
     entry_id: Mapped[str] = mapped_column(String(36))
     serial: Mapped[str | None] = mapped_column(String(64))
+    #: SHA-256 of the current agent SVID's public key (SPKI DER), see ca/api/agent.py.
+    key_sha256: Mapped[str | None] = mapped_column(String(64))
     svid_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attested_at: Mapped[datetime] = mapped_column(UTCDateTime())
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime())

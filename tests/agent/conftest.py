@@ -181,18 +181,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = init_data_dir(base / "data", TRUST_DOMAIN)
     running = start_server(data, base, workers=2)
     yield running
-    running.process.terminate()
-    try:
-        running.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
+    stop_server(running)
 
 
 @pytest.fixture(scope="module")
 def directory() -> Iterator[Path]:
     path = shared_dir()
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("IDMINT_KEEP_TEST_DIRS"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +203,56 @@ def parented_entry(
     server: Server, agent_id: str, path: str, selectors: list[str], **extra: Any
 ) -> dict[str, Any]:
     return server.entry(f"spiffe://{TRUST_DOMAIN}/{path}", selectors, parent_id=agent_id, **extra)
+
+
+def restart_server(server: Server, log: Path) -> None:
+    """Start ``idmint server`` again on the same data directory and port."""
+    with log.open("ab") as output:
+        server.process = subprocess.Popen(
+            [
+                *_idmint(),
+                "server",
+                "--data-dir",
+                str(server.data_dir),
+                "--listen",
+                f"127.0.0.1:{server.port}",
+                "--workers",
+                "1",
+                "--rate-limit",
+                "none",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if server.request("GET", "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass  # not listening yet
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("idmint server did not restart:\n" + log.read_text())
+        time.sleep(0.2)
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+def eventually(check: Any, timeout: float = 5.0, interval: float = 0.1) -> Any:
+    """``check()``'s first true result within ``timeout`` seconds; fail otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout}s (last: {last!r})")

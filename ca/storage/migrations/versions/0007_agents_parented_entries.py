@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("selectors", sa.JSON(), nullable=False),
         sa.Column("entry_id", sa.String(length=36), nullable=False),
         sa.Column("serial", sa.String(length=64), nullable=True),
+        sa.Column("key_sha256", sa.String(length=64), nullable=True),
         sa.Column("svid_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("attested_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
