@@ -38,6 +38,8 @@ log = logging.getLogger("idmint.agent")
 #: Returns node evidence for /v1/agent/attest, or None when there is none left.
 Evidence = Callable[[], dict[str, Any] | None]
 MAX_BACKOFF = 30.0
+#: CSRs per signing request (the server takes 256, and 64 KiB bodies: ~100 CSRs).
+BATCH = 100
 JITTER = 0.05
 
 
@@ -227,7 +229,9 @@ class Manager:
             key, csr = new_key_and_csr()
             keys[entry.id] = key
             requests.append((entry.id, csr))
-        issued = self.client.sign_x509(requests)
+        issued = []
+        for start in range(0, len(requests), BATCH):
+            issued.extend(self.client.sign_x509(requests[start : start + BATCH]))
         by_entry = {e.id: e for e in due}
         identities = dict(self.store.current.identities)
         for svid in issued:

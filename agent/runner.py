@@ -67,6 +67,7 @@ class Agent:
         add_to_server(
             WorkloadAPI(self.store, self.manager, self.proxy, _attestors(options)), self.grpc
         )
+        self.grpc.add_generic_rpc_handlers([_ping_handler()])
         self._health: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
@@ -108,6 +109,18 @@ class Agent:
             "entries": len(snapshot.entries),
         }
         return (200 if snapshot.ready else 503), body
+
+
+PING_METHOD = "/idmint.agent.v1.Agent/Ping"
+
+
+def _ping_handler() -> grpc.GenericRpcHandler:
+    """``Ping``: bytes in, nothing out, no attestation: a liveness probe over the
+    socket, and the baseline that benchmarks/agent.py sets Workload API calls beside."""
+    return grpc.method_handlers_generic_handler(
+        "idmint.agent.v1.Agent",
+        {"Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"")},
+    )
 
 
 def _health_server(agent: Agent, listen: tuple[str, int]) -> ThreadingHTTPServer:

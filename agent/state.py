@@ -105,13 +105,24 @@ class Store:
             self._changed.notify_all()
             return self._current
 
-    def wait(self, version: int, timeout: float) -> Snapshot:
-        """The snapshot once it is newer than ``version``, or the same after ``timeout``."""
+    def wait(self, version: int, timeout: float, ended: threading.Event | None = None) -> Snapshot:
+        """The snapshot once it is newer than ``version`` (or ``ended`` is set, see
+        :meth:`poke`), or the same after ``timeout``."""
         with self._changed:
             self._changed.wait_for(
-                lambda: self._current.version != version or self.closed, timeout=timeout
+                lambda: (
+                    self._current.version != version
+                    or self.closed
+                    or (ended is not None and ended.is_set())
+                ),
+                timeout=timeout,
             )
             return self._current
+
+    def poke(self) -> None:
+        """Wake every waiter so each checks its ``ended`` (a stream was cancelled)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def close(self) -> None:
         with self._changed:

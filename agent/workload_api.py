@@ -15,6 +15,7 @@ This is the only module that touches the generated protobuf types.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -98,9 +99,17 @@ class WorkloadAPI(pb_grpc.SpiffeWorkloadAPIServicer):
         ``view`` returns a false value while there is nothing to send yet (an
         SVID not signed yet, or expired during an outage): the stream waits.
         """
+        # A cancelled stream frees its worker thread at once, not at the next poll.
+        ended = threading.Event()
+
+        def on_end() -> None:
+            ended.set()
+            self.store.poke()
+
+        context.add_callback(on_end)
         snapshot = self.store.current
         sent: Any = None
-        while context.is_active() and not self.store.closed:
+        while not ended.is_set() and context.is_active() and not self.store.closed:
             if snapshot.ready:
                 if not snapshot.entries_for(selectors):
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
@@ -108,7 +117,7 @@ class WorkloadAPI(pb_grpc.SpiffeWorkloadAPIServicer):
                 if seen and seen != sent:
                     sent = seen
                     yield build(snapshot)
-            snapshot = self.store.wait(snapshot.version, POLL_SECONDS)
+            snapshot = self.store.wait(snapshot.version, POLL_SECONDS, ended)
 
     # -- X.509 -------------------------------------------------------------------
 

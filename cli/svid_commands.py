@@ -89,10 +89,10 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 evidence_options = [
-    click.option("--server", required=True, envvar="IDMINT_SERVER", help="https://HOST:PORT"),
+    # Not required by click: with --socket (the local agent) neither is needed.
+    click.option("--server", envvar="IDMINT_SERVER", help="https://HOST:PORT"),
     click.option(
         "--bundle",
-        required=True,
         type=click.Path(exists=True, dir_okay=False),
         help="PEM bundle to trust for the server.",
     ),
@@ -153,10 +153,15 @@ def _write_svid(directory: Path, key: ec.EllipticCurvePrivateKey, issued: dict[s
     show_default=True,
     help="Fraction of the lifetime after which to renew.",
 )
+@click.option(
+    "--socket",
+    "socket_path",
+    help="Get it from the local agent's Workload API instead (no evidence needed).",
+)
 @output_option
 def x509_command(
-    server: str,
-    bundle: str,
+    server: str | None,
+    bundle: str | None,
     join_token: str | None,
     oidc_token_file: str | None,
     k8s_token_file: str | None,
@@ -167,9 +172,17 @@ def x509_command(
     signal_pid: int | None,
     signal_name: str,
     renew_at: float,
+    socket_path: str | None,
     output: str,
 ) -> None:
     """Write svid.pem, svid.key (0600) and bundle.pem to --out; --watch keeps them fresh."""
+    if socket_path:
+        from idmint.cli.svid_socket import from_socket
+
+        from_socket(socket_path, spiffe_id, Path(out), watch, run, signal_pid, signal_name, output)
+        return
+    if not server or not bundle:
+        raise click.UsageError("give --server and --bundle (or --socket for the local agent)")
     key, csr = _new_key_and_csr()
     body: dict[str, Any] = {
         "attestation": _evidence(join_token, oidc_token_file, k8s_token_file),
