@@ -7,17 +7,23 @@ implements.
 """
 
 from idmint.attestation.base import (
-    AttestationFailed,
     Attested,
     Attestor,
-    EvidenceReplayed,
     attestor_types,
     get_attestor_class,
     register,
 )
+from idmint.attestation.errors import (
+    AttestationError,
+    AttestationFailed,
+    AttestationUnavailable,
+    EvidenceReplayed,
+)
 
 __all__ = [
+    "AttestationError",
     "AttestationFailed",
+    "AttestationUnavailable",
     "Attested",
     "Attestor",
     "EvidenceReplayed",

@@ -8,19 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
-from idmint.errors import IdmintError
-
-
-class AttestationFailed(IdmintError):
-    """The evidence did not prove anything: bad signature, expired, wrong audience..."""
-
-    code = "attestation-failed"
-
-
-class EvidenceReplayed(AttestationFailed):
-    """This evidence was already used; each piece is good once."""
-
-    code = "evidence-replayed"
+# The errors live in attestation/errors.py; importing them from here still works.
+from idmint.attestation.errors import AttestationFailed
+from idmint.attestation.errors import EvidenceReplayed as EvidenceReplayed
 
 
 @dataclass(frozen=True)

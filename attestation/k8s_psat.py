@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from idmint.attestation.base import AttestationFailed, Attested, Attestor, register, require
+from idmint.attestation.jwks import JWKSSource, relative
 from idmint.attestation.jwt import LEEWAY, as_datetime, replay_key, verify_jwt
-from idmint.attestation.oidc import JWKSSource, _kid_of
+from idmint.errors import ConfigError
+
+#: Kubernetes caps projected tokens at expirationSeconds (default 1 h); the
+#: kubelet may extend one to a year only with --service-account-extend-token-expiration
+#: for legacy clients, which idmint is not.
+MAX_LIFETIME = timedelta(days=2)
 
 
 @register
@@ -34,26 +40,25 @@ class KubernetesPSATAttestor(Attestor):
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any], base: Path) -> KubernetesPSATAttestor:
-        jwks_file = table.get("jwks_file")
-        if jwks_file and not Path(jwks_file).is_absolute():
-            jwks_file = str(base / jwks_file)
+        if not isinstance(table.get("issuer"), str):
+            raise ConfigError("[attestation.k8s_psat] needs issuer (the cluster's issuer URL)")
         issuer = str(table["issuer"])
         return cls(
             issuer=issuer,
             audience=str(table.get("audience", "idmint")),
-            source=JWKSSource(issuer, jwks_file, bool(table.get("discovery", False))),
+            source=JWKSSource(
+                issuer,
+                relative(table.get("jwks_file"), base),
+                bool(table.get("discovery", False)),
+                ca_file=relative(table.get("ca_file"), base),
+            ),
             cluster=table.get("cluster"),
         )
 
     def attest(self, evidence: Mapping[str, Any], now: datetime) -> Attested:
         token = require(evidence, "token")
         verified = verify_jwt(
-            token,
-            self.source.keys(_kid_of(token)),
-            self.issuer,
-            self.audience,
-            now,
-            max_lifetime=timedelta(days=2),
+            token, self.source, self.issuer, self.audience, max_lifetime=MAX_LIFETIME
         )
         claims = verified.claims
         info = claims.get("kubernetes.io")

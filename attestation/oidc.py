@@ -11,21 +11,23 @@ digest) is a replay key until it expires.
 
 from __future__ import annotations
 
-import json
-import ssl
-import threading
-import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import josepy
-
 from idmint.attestation.base import AttestationFailed, Attested, Attestor, register, require
-from idmint.attestation.jwt import LEEWAY, as_datetime, load_jwks, replay_key, verify_jwt
+from idmint.attestation.jwks import JWKSSource, relative
+from idmint.attestation.jwt import (
+    LEEWAY,
+    as_datetime,
+    replay_key,
+    shown,
+    unverified_claims,
+    verify_jwt,
+)
+from idmint.errors import ConfigError
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 GITHUB_CLAIMS = (
@@ -55,60 +57,6 @@ GITLAB_CLAIMS = (
 DEFAULT_CLAIMS = ("sub",)
 
 
-class JWKSSource:
-    """Keys of one issuer: a local JWKS file, or the issuer's discovery document.
-
-    Fetched keys are kept for ``refresh_seconds``; an unknown kid triggers one
-    early refresh (issuers rotate keys), at most once a minute.
-    """
-
-    def __init__(
-        self,
-        issuer: str,
-        jwks_file: str | None = None,
-        discovery: bool = False,
-        refresh_seconds: float = 3600,
-        ca_file: str | None = None,
-    ) -> None:
-        if not jwks_file and not discovery:
-            raise ValueError(f"issuer {issuer}: give jwks_file or discovery = true")
-        self.issuer = issuer.rstrip("/")
-        self.jwks_file = jwks_file
-        self.discovery = discovery
-        self.refresh_seconds = refresh_seconds
-        self.ca_file = ca_file
-        self._keys: dict[str, josepy.JWK] = {}
-        self._fetched = 0.0
-        self._lock = threading.Lock()
-
-    def _fetch_json(self, url: str) -> Any:
-        context = ssl.create_default_context(cafile=self.ca_file)
-        with urllib.request.urlopen(url, timeout=10, context=context) as response:
-            return json.loads(response.read(1_000_000))
-
-    def _load(self) -> dict[str, josepy.JWK]:
-        if self.jwks_file:
-            try:
-                return load_jwks(json.loads(Path(self.jwks_file).read_text(encoding="utf-8")))
-            except (OSError, ValueError) as exc:
-                raise AttestationFailed(f"cannot read JWKS file {self.jwks_file}: {exc}") from None
-        try:
-            document = self._fetch_json(f"{self.issuer}/.well-known/openid-configuration")
-            return load_jwks(self._fetch_json(str(document["jwks_uri"])))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AttestationFailed(f"cannot fetch the JWKS of {self.issuer}: {exc}") from None
-
-    def keys(self, kid: str | None) -> dict[str, josepy.JWK]:
-        with self._lock:
-            age = time.monotonic() - self._fetched
-            stale = age > self.refresh_seconds
-            missing = kid is not None and kid not in self._keys and age > 60
-            if not self._keys or stale or missing or self.jwks_file:
-                self._keys = self._load()
-                self._fetched = time.monotonic()
-            return self._keys
-
-
 @dataclass
 class OIDCIssuer:
     """One trusted token issuer."""
@@ -119,17 +67,6 @@ class OIDCIssuer:
     source: JWKSSource
     claims: Sequence[str] = field(default=DEFAULT_CLAIMS)
     max_lifetime: timedelta = timedelta(hours=1)
-
-
-def _kid_of(token: str) -> str | None:
-    import base64
-
-    try:
-        header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-        kid = header.get("kid")
-        return kid if isinstance(kid, str) else None
-    except (ValueError, IndexError, AttributeError):
-        return None
 
 
 def _selector_value(value: Any) -> str | None:
@@ -155,12 +92,14 @@ class OIDCAttestor(Attestor):
         """``[attestation.oidc.<name>]`` tables: issuer, audience, jwks_file | discovery, claims."""
         issuers = []
         for name, table in section.items():
+            where = f"[attestation.oidc.{name}]"
             if not isinstance(table, Mapping):
-                raise ValueError(f"[attestation.oidc.{name}] must be a table")
+                raise ConfigError(f"{where} must be a table")
+            if not isinstance(table.get("issuer"), str) or not isinstance(
+                table.get("audience"), str
+            ):
+                raise ConfigError(f"{where} needs issuer and audience (strings)")
             issuer = str(table["issuer"])
-            jwks_file = table.get("jwks_file")
-            if jwks_file and not Path(jwks_file).is_absolute():
-                jwks_file = str(base / jwks_file)
             default_claims = (
                 GITHUB_CLAIMS
                 if issuer == GITHUB_ISSUER
@@ -173,7 +112,12 @@ class OIDCAttestor(Attestor):
                     name=name,
                     issuer=issuer,
                     audience=str(table["audience"]),
-                    source=JWKSSource(issuer, jwks_file, bool(table.get("discovery", False))),
+                    source=JWKSSource(
+                        issuer,
+                        relative(table.get("jwks_file"), base),
+                        bool(table.get("discovery", False)),
+                        ca_file=relative(table.get("ca_file"), base),
+                    ),
                     claims=tuple(table.get("claims", default_claims)),
                 )
             )
@@ -181,18 +125,19 @@ class OIDCAttestor(Attestor):
 
     def attest(self, evidence: Mapping[str, Any], now: datetime) -> Attested:
         token = require(evidence, "token")
-        unverified_iss = _unverified_issuer(token)
+        unverified_iss = unverified_claims(token).get("iss")
+        if not isinstance(unverified_iss, str):
+            unverified_iss = None
         issuer = self.by_issuer.get((unverified_iss or "").rstrip("/"))
         if issuer is None:
             raise AttestationFailed(
-                f"token issuer {unverified_iss!r} is not a configured OIDC issuer"
+                f"token issuer {shown(unverified_iss)} is not a configured OIDC issuer"
             )
         verified = verify_jwt(
             token,
-            issuer.source.keys(_kid_of(token)),
+            issuer.source,
             issuer.issuer,
             issuer.audience,
-            now,
             max_lifetime=issuer.max_lifetime,
         )
         claims = verified.claims
@@ -207,14 +152,3 @@ class OIDCAttestor(Attestor):
             subject=f"oidc:{issuer.name}:{claims.get('sub')}",
             replay_keys=((replay_key("oidc", claims, token), expires),),
         )
-
-
-def _unverified_issuer(token: str) -> str | None:
-    import base64
-
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-        issuer = payload.get("iss")
-        return issuer if isinstance(issuer, str) else None
-    except (ValueError, IndexError, AttributeError):
-        raise AttestationFailed("the token is not a compact JWT with a JSON payload") from None

@@ -18,7 +18,7 @@ import re
 import string
 from dataclasses import dataclass
 
-from idmint.errors import IdmintError
+from idmint.ca.errors import InvalidSpiffeID
 
 _SCHEME = "spiffe"
 _PREFIX = "spiffe://"
@@ -30,12 +30,6 @@ _SEGMENT_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
 _AUTHORITY_END = re.compile(r"[/?#]")
 # Inputs can be arbitrarily long; keep error messages (and logs) bounded.
 _MAX_SHOWN = 80
-
-
-class InvalidSpiffeID(IdmintError):
-    """A SPIFFE ID or trust domain does not follow the SPIFFE ID specification."""
-
-    code = "invalid-spiffe-id"
 
 
 def _shown(text: str) -> str:

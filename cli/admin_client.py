@@ -14,13 +14,13 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from idmint.ca.errors import CAError
+from idmint.errors import ClientError
 
 SOCKET = Path("server") / "admin.sock"
 BUNDLE = Path("server") / "bundle.pem"
 
 
-class AdminAPIError(CAError):
+class AdminAPIError(ClientError):
     """The admin API refused the request."""
 
     code = "admin-api"

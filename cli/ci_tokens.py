@@ -15,14 +15,14 @@ import os
 import urllib.parse
 import urllib.request
 
-from idmint.ca.errors import CAError
+from idmint.errors import ClientError
 
 GITHUB_URL = "ACTIONS_ID_TOKEN_REQUEST_URL"
 GITHUB_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
 GITLAB_DEFAULT_VARIABLE = "IDMINT_ID_TOKEN"
 
 
-class CITokenUnavailable(CAError):
+class CITokenUnavailable(ClientError):
     """The CI platform's OIDC token could not be obtained."""
 
     code = "ci-token-unavailable"

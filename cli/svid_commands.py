@@ -20,11 +20,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from idmint.ca.errors import CAError
 from idmint.cli.output import emit_json, output_option
+from idmint.errors import ClientError
 
 
-class ServerRefused(CAError):
+class ServerRefused(ClientError):
     """The server answered with a problem document."""
 
     code = "server-refused"

@@ -9,6 +9,7 @@ Envoy...). When the server is away it backs off with jitter and says so.
 
 from __future__ import annotations
 
+import http.client
 import random
 import shlex
 import signal
@@ -22,6 +23,7 @@ import click
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idmint.ca.issuance.pop import make_proof
+from idmint.errors import IdmintError
 
 STATUS_EVERY = 30.0
 BACKOFF_MAX = 60.0
@@ -110,7 +112,9 @@ class Watcher:
                     backoff = 1.0
                 if now >= next_status:
                     next_status = now + STATUS_EVERY
-            except Exception as exc:  # the server is away or refused: say so, retry later
+            except (IdmintError, OSError, http.client.HTTPException) as exc:
+                # The server is away or refused, or the disk is full: say so,
+                # retry later. Anything else is a bug: it ends the watch (exit 1).
                 wait = min(BACKOFF_MAX, backoff) * random.uniform(0.5, 1.5)
                 click.echo(f"renewal failed ({exc}); retrying in {wait:.1f}s", err=True)
                 due = time.time() + wait

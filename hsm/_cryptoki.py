@@ -24,6 +24,8 @@ from __future__ import annotations
 import ctypes
 import threading
 
+from idmint.hsm.errors import CryptokiError
+
 CKR_OK = 0x0
 CKR_CANT_LOCK = 0x0A
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
@@ -90,15 +92,6 @@ class _FunctionList(ctypes.Structure):
         ("C_Login", _F_LOGIN),
         ("C_Logout", _F_ULONG),
     )
-
-
-class CryptokiError(RuntimeError):
-    """A raw Cryptoki call returned an error code."""
-
-    def __init__(self, function: str, rv: int) -> None:
-        super().__init__(f"{function} returned CKR 0x{rv:08X}")
-        self.function = function
-        self.rv = rv
 
 
 _lock = threading.Lock()

@@ -83,3 +83,24 @@ class SigningFailed(HSMError):
     """The token refused or failed a signing operation."""
 
     code = "hsm-signing-failed"
+
+
+class InvalidURI(HSMError):
+    """A PKCS#11 URI is malformed or asks for something we do not allow."""
+
+    code = "hsm-invalid-uri"
+
+
+class CryptokiError(HSMError):
+    """A raw Cryptoki call (hsm/_cryptoki.py) returned an error code.
+
+    The callers in hsm/ turn it into the specific error (PinError,
+    SessionLost...) when they know what the code means for them.
+    """
+
+    code = "hsm-cryptoki"
+
+    def __init__(self, function: str, rv: int) -> None:
+        super().__init__(f"{function} returned CKR 0x{rv:08X}")
+        self.function = function
+        self.rv = rv

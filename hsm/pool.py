@@ -27,7 +27,7 @@ from pkcs11 import exceptions as p11
 
 from idmint.hsm import _cryptoki
 from idmint.hsm.config import Pin
-from idmint.hsm.errors import PinError, SessionLost, TokenNotFound
+from idmint.hsm.errors import CryptokiError, PinError, SessionLost, TokenNotFound
 from idmint.hsm.module import LoadedModule
 
 #: Errors after which a session (or our login) cannot be trusted any more.
@@ -103,7 +103,7 @@ class SessionPool:
             ) from None
         try:
             _cryptoki.login(self._module.path, session.handle, self._pin.reveal())
-        except _cryptoki.CryptokiError as exc:
+        except CryptokiError as exc:
             _close_quietly(session)
             if exc.rv in (0xA0, 0xA1, 0xA4):  # PIN_INCORRECT, PIN_INVALID, PIN_LOCKED
                 raise PinError(
@@ -122,7 +122,7 @@ class SessionPool:
         """
         try:
             _cryptoki.login(self._module.path, pooled.session.handle, self._pin.reveal())
-        except _cryptoki.CryptokiError as exc:
+        except CryptokiError as exc:
             raise SessionLost(f"cannot log in again: {exc}", token=self._label) from None
         pooled.keys.clear()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from idmint.hsm import _cryptoki
 from idmint.hsm import module as modules
 from idmint.hsm.config import HSMConfig, find_softhsm
-from idmint.hsm.errors import HSMError
+from idmint.hsm.errors import CryptokiError, HSMError
 
 CONF_NAME = "softhsm2.conf"
 TOKENS_DIR = "tokens"
@@ -110,7 +110,7 @@ def create_token(
             raise HSMError("SoftHSM offers no free slot for a new token", token=label)
         try:
             _cryptoki.init_token(module_path, free[0].slot_id, label, so_pin, user_pin)
-        except _cryptoki.CryptokiError as exc:
+        except CryptokiError as exc:
             raise HSMError(f"cannot initialise the token: {exc}", token=label) from None
     finally:
         modules.release(loaded)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
-from idmint.hsm.errors import HSMError
+from idmint.hsm.errors import InvalidURI
 
 _PATH_ATTRIBUTES = frozenset(
     {
@@ -34,12 +34,6 @@ _PATH_ATTRIBUTES = frozenset(
 _OBJECT_TYPES = frozenset({"private", "public", "cert", "secret-key", "data"})
 # Unreserved characters plus the few RFC 7512 allows unescaped in path values.
 _SAFE = "-._~:[]@!$'()*+,="
-
-
-class InvalidURI(HSMError):
-    """A PKCS#11 URI is malformed or asks for something we do not allow."""
-
-    code = "hsm-invalid-uri"
 
 
 @dataclass(frozen=True)

@@ -20,3 +20,14 @@ class ConfigError(IdmintError):
     """The configuration (file, environment or options) is invalid."""
 
     code = "config-error"
+
+
+class ClientError(IdmintError):
+    """A client of the CA (the CLI, the workload client) cannot get what it asked for.
+
+    Raised on the client side only, about a server's answer or the local
+    environment; the server never raises these, so they have no HTTP status
+    of their own.
+    """
+
+    code = "client-error"

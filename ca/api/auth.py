@@ -22,22 +22,11 @@ from datetime import UTC, datetime
 from flask import request
 
 from idmint.ca.api.context import state
-from idmint.ca.errors import CAError
+from idmint.ca.api.observe import set_caller
+from idmint.ca.errors import Forbidden, Unauthenticated
 from idmint.ca.issuance.pop import verify_proof
 
 PROOF_HEADER = "X-Idmint-Proof"
-
-
-class Unauthenticated(CAError):
-    """The admin API needs an admin identity."""
-
-    code = "unauthenticated"
-
-
-class Forbidden(CAError):
-    """The caller is authenticated but not an admin."""
-
-    code = "forbidden"
 
 
 def request_payload() -> bytes:
@@ -59,6 +48,7 @@ def require_admin() -> str:
     uid = _unix_peer_uid()
     if uid is not None:
         if uid in (0, os.geteuid()):
+            set_caller(f"unix:uid={uid}")
             return f"unix:uid={uid}"
         raise Forbidden(f"local user {uid} may not use the admin socket")
     header = request.headers.get(PROOF_HEADER)
@@ -83,6 +73,7 @@ def require_admin() -> str:
     admins = [
         e for e in issuer.state().entries if e.spiffe_id == proven.spiffe_id and e.usable(now)
     ]
+    set_caller(f"svid:{proven.spiffe_id}")
     if not any(e.admin for e in admins):
         raise Forbidden(f"{proven.spiffe_id} is not an admin identity")
     return f"svid:{proven.spiffe_id}"

@@ -10,14 +10,7 @@ from __future__ import annotations
 from flask import current_app
 from limits import parse, storage, strategies
 
-from idmint.ca.errors import CAError
-
-
-class RateLimited(CAError):
-    """Too many requests from this caller; retry later."""
-
-    code = "rate-limited"
-
+from idmint.ca.errors import RateLimited
 
 _storage = storage.MemoryStorage()
 _window = strategies.MovingWindowRateLimiter(_storage)

@@ -12,7 +12,6 @@ same transaction as the change itself.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import AuthorityConflict, AuthorityNotFound, UnsupportedAlgorithm
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState, BundleState
@@ -40,18 +39,6 @@ JWT_KEY_TYPES = {
     "RS256": KeyType.RSA_2048,
     "PS256": KeyType.RSA_2048,
 }
-
-
-class AuthorityNotFound(CAError):
-    """No authority of the requested kind and state exists."""
-
-    code = "authority-not-found"
-
-
-class AuthorityConflict(CAError):
-    """Another replica changed the authorities at the same moment."""
-
-    code = "authority-conflict"
 
 
 @dataclass(frozen=True)
@@ -104,7 +91,7 @@ def jwk_thumbprint_kid(public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
         jwk = josepy.JWKEC(key=public_key)
     else:
         jwk = josepy.JWKRSA(key=public_key)
-    return base64.urlsafe_b64encode(jwk.thumbprint()).rstrip(b"=").decode("ascii")
+    return josepy.b64.b64encode(jwk.thumbprint()).decode("ascii")
 
 
 def bump_bundle_sequence(session: Session, now: datetime) -> None:
@@ -263,7 +250,7 @@ def create_jwt_authority(
 ) -> Authority:
     """A new JWT-SVID signing key in the HSM; its kid is the JWK thumbprint."""
     if algorithm not in JWT_KEY_TYPES:
-        raise CAError(
+        raise UnsupportedAlgorithm(
             f"JWT-SVID algorithm {algorithm!r} is not supported; use one of "
             f"{', '.join(sorted(JWT_KEY_TYPES))}"
         )

@@ -44,7 +44,7 @@ from idmint.ca.authority.authorities import (
     jwt_algorithm,
 )
 from idmint.ca.config import CAConfig
-from idmint.ca.errors import CAError
+from idmint.ca.errors import InvalidTransition
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState
@@ -57,12 +57,6 @@ MAX_CREDENTIAL_LIFETIME = {
     AuthorityKind.INTERMEDIATE: timedelta(minutes=60),
     AuthorityKind.JWT: timedelta(minutes=15),
 }
-
-
-class InvalidTransition(CAError):
-    """This authority cannot make that transition from its current state."""
-
-    code = "invalid-transition"
 
 
 @dataclass(frozen=True)

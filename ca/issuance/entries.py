@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import AmbiguousEntry, EntryNotFound, InvalidEntry, NoMatchingEntry
 from idmint.ca.spiffe_id import SpiffeID, TrustDomain
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -46,30 +46,6 @@ VIA_NODE = "idmint_via_node"
 def via_agent_selectors(agent_id: str, node_selectors: Iterable[str]) -> list[str]:
     """The selectors the agent API adds to a request made through agent ``agent_id``."""
     return [f"{VIA_AGENT}:{agent_id}", *(f"{VIA_NODE}:{s}" for s in node_selectors)]
-
-
-class InvalidEntry(CAError):
-    """A registration entry's fields are invalid."""
-
-    code = "invalid-entry"
-
-
-class EntryNotFound(CAError):
-    """No entry has this id."""
-
-    code = "entry-not-found"
-
-
-class NoMatchingEntry(CAError):
-    """The workload's selectors match no usable entry."""
-
-    code = "no-matching-entry"
-
-
-class AmbiguousEntry(CAError):
-    """Several SPIFFE IDs match and the request did not say which one."""
-
-    code = "ambiguous-entry"
 
 
 @dataclass(frozen=True)

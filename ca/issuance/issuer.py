@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from idmint.ca.authority.authorities import active, jwt_algorithm, signing_key
-from idmint.ca.errors import CAError
+from idmint.ca.errors import AudienceNotAllowed
 from idmint.ca.issuance.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, match
 from idmint.ca.jose.bundle import Bundle, load_bundle
 from idmint.ca.jose.jwtsvid import encode_jwt_svid, jwt_svid_claims
@@ -40,12 +40,6 @@ from idmint.hsm import KeyStore
 from idmint.hsm.keys import AnyHSMKey
 
 Clock = Callable[[], datetime]
-
-
-class AudienceNotAllowed(CAError):
-    """The entry does not allow a requested JWT audience."""
-
-    code = "audience-not-allowed"
 
 
 @dataclass(frozen=True)

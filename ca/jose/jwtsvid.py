@@ -23,8 +23,6 @@ converts the raw ``r||s`` ECDSA form.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import re
@@ -36,7 +34,7 @@ from typing import Any
 import josepy
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import InvalidJWTSVID
 from idmint.ca.spiffe_id import InvalidSpiffeID, SpiffeID, TrustDomain
 
 #: A bundle key that can verify JWT-SVIDs.
@@ -66,12 +64,6 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _JWA = {alg: josepy.jwa.JWASignature.from_json(alg) for alg in ALGORITHMS}
 
 
-class InvalidJWTSVID(CAError):
-    """A JWT-SVID (or the bundle keys to check it) is malformed, expired or not trusted."""
-
-    code = "invalid-jwt-svid"
-
-
 class _DuplicateMember(ValueError):
     """A JSON object names a member twice."""
 
@@ -85,8 +77,8 @@ def _shown(value: object) -> str:
 
 
 def _b64encode(data: bytes) -> str:
-    """Base64url without padding (RFC 7515 section 2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """Base64url without padding (RFC 7515 section 2), as text."""
+    return josepy.b64.b64encode(data).decode("ascii")
 
 
 def _require_aware(moment: datetime, name: str) -> None:
@@ -319,8 +311,8 @@ def _b64decode(part: str, name: str) -> bytes:
             f"JWT-SVID {name} is not base64url: its length {len(part)} is impossible"
         )
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    except (binascii.Error, ValueError) as error:  # pragma: no cover - excluded above
+        return josepy.b64.b64decode(part)
+    except ValueError as error:  # pragma: no cover - excluded above (binascii.Error too)
         raise InvalidJWTSVID(f"JWT-SVID {name} is not base64url: {error}") from None
 
 

@@ -20,7 +20,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import (
+    AlreadyRevoked,
+    CredentialNotFound,
+    InvalidRevocationReason,
+    InvalidSerial,
+)
 from idmint.ca.issuance.entries import EntryNotFound
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -29,18 +34,6 @@ from idmint.ca.storage.models import CredentialKind, Entry, IssuedCredential, Re
 REASONS = frozenset(
     {"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"}
 )
-
-
-class CredentialNotFound(CAError):
-    """No credential with this serial or jti was issued here (or it expired)."""
-
-    code = "not-found"
-
-
-class AlreadyRevoked(CAError):
-    """The credential is already revoked."""
-
-    code = "already-revoked"
 
 
 @dataclass(frozen=True)
@@ -54,7 +47,9 @@ class Revoked:
 
 def _check_reason(reason: str) -> None:
     if reason not in REASONS:
-        raise CAError(f"revocation reason {reason!r} is not one of {sorted(REASONS)}")
+        raise InvalidRevocationReason(
+            f"revocation reason {reason!r} is not one of {sorted(REASONS)}"
+        )
 
 
 def _revoke_rows(
@@ -99,7 +94,13 @@ def revoke_credential(
     now = now or datetime.now(UTC)
     if kind is CredentialKind.X509:
         # Serials as we store them: lowercase hex, no prefix, no leading zeros.
+        given = identifier
         identifier = identifier.lower().removeprefix("0x").replace(":", "").lstrip("0") or "0"
+        if not all(c in "0123456789abcdef" for c in identifier):
+            raise InvalidSerial(
+                f"serial {given!r} is not hexadecimal (e.g. 3f2a..., as openssl x509 -serial "
+                "prints it, with or without colons)"
+            )
     what = "X509-SVID with serial" if kind is CredentialKind.X509 else "JWT-SVID with jti"
     _wait_for_record(database, kind, identifier)
     try:

@@ -80,9 +80,10 @@ def serve(
         "worker_class": "gthread",
         "certfile": str(certfile),
         "keyfile": str(keyfile),
-        "accesslog": "-",
+        # The app logs one structured line per request (ca/api/observe.py).
+        "accesslog": None,
         "errorlog": "-",
-        "loglevel": "info",
+        "loglevel": str((config.extra.get("log") or {}).get("level", "info")),
         "timeout": 60,
         "graceful_timeout": 10,
         "limit_request_line": 8190,

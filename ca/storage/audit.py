@@ -24,18 +24,12 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import AuditChainBroken
 from idmint.ca.storage.db import bulk_insert, driver_sql, time_binder
 from idmint.ca.storage.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
 _COLUMNS = ("seq", "at", "actor", "action", "subject", "outcome", "detail", "prev_hash", "hash")
-
-
-class AuditChainBroken(CAError):
-    """``audit verify`` found the chain altered."""
-
-    code = "audit-chain-broken"
 
 
 @dataclass(frozen=True)

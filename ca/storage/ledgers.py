@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idmint.attestation.base import AttestationFailed, EvidenceReplayed
 from idmint.attestation.join_token import new_token, token_hash
-from idmint.ca.errors import CAError
+from idmint.ca.errors import JoinTokenNotFound
 from idmint.ca.issuance.entries import InvalidEntry
 from idmint.ca.spiffe_id import SpiffeID, TrustDomain
 from idmint.ca.storage import audit
@@ -34,12 +34,6 @@ NONCE_TTL = timedelta(minutes=2)
 def _rowcount(result: object) -> int:
     # UPDATE and DELETE give a CursorResult; its rowcount is how many rows matched.
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-class TokenNotFound(CAError):
-    """No join token has this id."""
-
-    code = "not-found"
 
 
 @dataclass(frozen=True)
@@ -156,7 +150,7 @@ class JoinTokens:
                 )
             )
             if not changed:
-                raise TokenNotFound(f"no join token with id {token_id!r}")
+                raise JoinTokenNotFound(f"no join token with id {token_id!r}")
             audit.append(session, [audit.Event("join-token.revoke", token_id, actor, at=now)])
 
     def consume(self, hashed: str, now: datetime) -> tuple[str, str]:

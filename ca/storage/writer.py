@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from idmint.attestation.base import AttestationFailed, EvidenceReplayed
-from idmint.ca.errors import CAError
+from idmint.ca.errors import WriterUnavailable
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.ledgers import UsedEvidenceLedger, join_token_refusal, spend_join_token
@@ -61,12 +61,6 @@ log = logging.getLogger(__name__)
 
 #: No message of this protocol comes near this; a larger length is garbage.
 MAX_FRAME = 1 << 20
-
-
-class WriterUnavailable(CAError):
-    """The server's database writer cannot be reached or cannot write; retry shortly."""
-
-    code = "writer-unavailable"
 
 
 def _frame(message: Sequence[Any]) -> bytes:

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import InvalidCSR
 
 #: Curves a workload key may use, by OpenSSL name, with the name users know.
 CURVES: dict[str, str] = {"secp256r1": "P-256", "secp384r1": "P-384"}
@@ -41,12 +41,6 @@ _OTHER_CURVES = {"secp192r1": "P-192", "secp224r1": "P-224", "secp521r1": "P-521
 # The CSR is attacker-controlled input and its text ends up in logs and audit
 # events: keep what is echoed bounded and printable.
 _MAX_SHOWN = 200
-
-
-class InvalidCSR(CAError):
-    """The certificate signing request is malformed or asks for what it may not."""
-
-    code = "invalid-csr"
 
 
 @dataclass(frozen=True, slots=True)

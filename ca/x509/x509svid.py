@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from idmint.ca.errors import CAError
+from idmint.ca.errors import InvalidValidity
 from idmint.ca.x509.profiles import CLOCK_SKEW
 
 LeafPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -40,12 +40,6 @@ _EXTENDED_USAGES = x509.ExtendedKeyUsage(
     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 )
 _NOT_A_CA = x509.BasicConstraints(ca=False, path_length=None)
-
-
-class InvalidValidity(CAError):
-    """The validity window asked of a certificate is impossible or outlives its issuer."""
-
-    code = "invalid-validity"
 
 
 def svid_window(
