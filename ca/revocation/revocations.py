@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from idmint.ca.errors import CAError
-from idmint.ca.issuance.entries import EntryNotFound
+from idmint.ca.issuance.entries import EntryNotFound, record_change
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import CredentialKind, Entry, IssuedCredential, Revocation
@@ -175,6 +175,7 @@ def revoke_entry(
         session.execute(
             update(Entry).where(Entry.id == entry_id).values(disabled=True, updated_at=now)
         )
+        record_change(session, [entry_id], now)  # every worker's index sees it
         outstanding = list(
             session.scalars(
                 select(IssuedCredential)
