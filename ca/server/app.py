@@ -65,6 +65,8 @@ def serve(
     socket_path.unlink(missing_ok=True)
     writer = WriterProcess(directory, server_dir / "writer.sock")
     writer.start()
+    from idmint.ca.server.worker import IdmintThreadWorker
+
     options = {
         # The master binds only the admin socket; each worker binds the HTTPS
         # port itself (see _bind_own_listener).
@@ -78,7 +80,12 @@ def serve(
         "post_worker_init": _warm_worker,
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        # gthread, with new connections kept off its threads until they
+        # send a request (ca/server/worker.py says why).
+        "worker_class": IdmintThreadWorker,
+        # Idle kept-alive connections, and new ones that finished their TLS
+        # handshake but sent no request yet, are closed after this long.
+        "keepalive": 5,
         "certfile": str(certfile),
         "keyfile": str(keyfile),
         "accesslog": "-",
