@@ -15,9 +15,9 @@ uses 16 Python threads with http.client instead (the figure then includes
 their CPU). Either way the clients run on this machine and the figures are a
 floor for a separate load generator.
 
-Stacks (``--stacks``): the same server with gunicorn's access log on (the
-default) and off (``[server] access_log = false``), each its own data
-directory, measured in the same interleaved rounds.
+Stacks (``--stacks``): the same server with its per-request log line on (the
+default) and off (``[log] level = "warning"``), each its own data directory,
+measured in the same interleaved rounds.
 
 Peer: cfssl (``apt-get install -y golang-cfssl wrk``; Debian's cfssl 1.2.0),
 ``cfssl serve`` on loopback with a software P-256 CA and TLS, under the same
@@ -384,9 +384,9 @@ class Stack:
             [*IDMINT, "init", "--data-dir", str(data), "--trust-domain", "bench.test"],
             check=True, capture_output=True, env=environment,
         )  # fmt: skip
-        if not access_log:
+        if not access_log:  # the app's request log lines are written at level info
             with (data / "idmint.toml").open("a") as config:
-                config.write("\n[server]\naccess_log = false\n")
+                config.write('\n[log]\nlevel = "warning"\n')
         for kind in ("x509", "jwt"):
             subprocess.run(
                 [*IDMINT, "entry", "create", "--data-dir", str(data),

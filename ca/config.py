@@ -87,7 +87,7 @@ def _with_env(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not name.startswith("IDMINT_") or name in (DATA_DIR_ENV, "IDMINT_HSM_PIN"):
             continue
         parts = name[len("IDMINT_") :].lower().split("_", 1)
-        if len(parts) == 2 and parts[0] in ("ca", "hsm", "database", "server"):
+        if len(parts) == 2 and parts[0] in ("ca", "hsm", "database", "server", "log"):
             merged.setdefault(parts[0], {})[parts[1]] = value
     return merged
 

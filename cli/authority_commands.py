@@ -19,7 +19,7 @@ from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import Authority, AuthorityKind, AuthorityState
 from idmint.cli.context import data_directory
 from idmint.cli.options import cli_actor, data_dir_option
-from idmint.cli.output import emit_json, output_option
+from idmint.cli.output import emit_json, emit_table, output_option
 from idmint.hsm import KeyStore
 
 KINDS = click.Choice([k.value for k in AuthorityKind])
@@ -35,7 +35,12 @@ def _pick(database: Database, kind: str, state: AuthorityState, authority_id: in
         return authority_id
     found = authorities(database, AuthorityKind(kind), state)
     if not found:
-        raise click.UsageError(f"there is no {state.value} {kind} authority; pass --id")
+        hint = (
+            f"run 'idmint authority prepare {kind}' first"
+            if state is AuthorityState.PREPARED
+            else "see 'idmint authority list' and pass --id"
+        )
+        raise click.UsageError(f"there is no {state.value} {kind} authority; {hint}")
     return found[-1].id
 
 
@@ -44,12 +49,13 @@ def _show(rows: list[Authority], output: str) -> None:
     if output == "json":
         emit_json(data)
         return
-    click.echo(f"{'ID':>4}  {'KIND':12}  {'STATE':9}  {'KEY':14}  {'NOT AFTER':20}  KID")
-    for item in data:
-        click.echo(
-            f"{item['id']:>4}  {item['kind']:12}  {item['state']:9}  {item['key_type']!s:14}  "
-            f"{item['not_after']!s:20}  {item['kid']}"
-        )
+    emit_table(
+        ["ID", "KIND", "STATE", "KEY", "NOT AFTER", "KID"],
+        [
+            [i["id"], i["kind"], i["state"], i["key_type"], i["not_after"], i["kid"] or "-"]
+            for i in data
+        ],
+    )
 
 
 @click.group()

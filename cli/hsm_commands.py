@@ -6,7 +6,7 @@ import click
 
 from idmint.ca.config import load, resolve_data_dir
 from idmint.cli.options import data_dir_option
-from idmint.cli.output import emit_json, output_option
+from idmint.cli.output import emit_json, emit_table, output_option
 from idmint.hsm import KeyStore
 
 
@@ -42,9 +42,10 @@ def keys(data_dir: str | None, output: str) -> None:
             ]
         )
         return
-    click.echo(f"{'LABEL':32} {'TYPE':9} SENSITIVE EXTRACTABLE NEVER_EXTRACTABLE  URI")
-    for i in infos:
-        click.echo(
-            f"{i.label:32} {i.key_type.value:9} {i.sensitive!s:9} {i.extractable!s:11} "
-            f"{i.never_extractable!s:18} {i.uri}"
-        )
+    emit_table(
+        ["LABEL", "TYPE", "SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "URI"],
+        [
+            [i.label, i.key_type.value, i.sensitive, i.extractable, i.never_extractable, i.uri]
+            for i in infos
+        ],
+    )

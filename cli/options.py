@@ -30,8 +30,9 @@ class Duration(click.ParamType):
             return value
         text = str(value).strip().lower()
         number, unit = text[:-1], text[-1:]
-        if unit not in _UNITS or not number.isdigit() or int(number) <= 0:
+        if unit not in _UNITS or not number.isdigit():
             self.fail(f"{value!r} is not a duration like 30s, 10m, 1h or 90d", param, ctx)
+        # Zero is a duration; the command that takes it says which range it allows.
         return timedelta(seconds=int(number) * _UNITS[unit])
 
 

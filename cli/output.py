@@ -41,3 +41,12 @@ def emit_fields(pairs: list[tuple[str, Any]]) -> None:
     width = max(len(name) for name, _ in pairs)
     for name, value in pairs:
         click.echo(f"{name.ljust(width)}  {_plain(value)}")
+
+
+def emit_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """Columns as wide as their widest cell, two spaces apart; the last is not padded."""
+    cells = [headers, *[[str(_plain(v)) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers) - 1)]
+    for row in cells:
+        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*padded, row[-1]]).rstrip())

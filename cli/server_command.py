@@ -21,6 +21,16 @@ from idmint.cli.options import data_dir_option
     show_default=True,
     help="Per address and per identity, per worker ('none' to disable).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Default: [log] level in idmint.toml, else info.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["logfmt", "json"]),
+    help="One line per request and event; default: [log] format, else logfmt.",
+)
 def server(
     data_dir: str | None,
     listen: str,
@@ -30,10 +40,20 @@ def server(
     tls_cert: str | None,
     tls_key: str | None,
     rate_limit: str,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Serve the HTTPS API (gunicorn) and the admin socket DIR/server/admin.sock."""
+    import os
+
     from idmint.ca.config import resolve_data_dir
     from idmint.ca.server.app import serve
+
+    # Through the environment: the workers read [log] from the configuration.
+    if log_level:
+        os.environ["IDMINT_LOG_LEVEL"] = log_level
+    if log_format:
+        os.environ["IDMINT_LOG_FORMAT"] = log_format
 
     serve(
         resolve_data_dir(data_dir),

@@ -12,7 +12,7 @@ from idmint.ca.storage.ledgers import JoinTokens
 from idmint.cli import admin_client
 from idmint.cli.context import data_directory
 from idmint.cli.options import Duration, cli_actor, data_dir_option
-from idmint.cli.output import emit_json, output_option
+from idmint.cli.output import emit_json, emit_table, output_option
 
 
 @click.group()
@@ -62,9 +62,14 @@ def list_(data_dir: str | None, output: str) -> None:
     if output == "json":
         emit_json([v.to_json() for v in views])
         return
-    for v in views:
-        row = v.to_json()
-        click.echo(f"{v.id}  {v.spiffe_id}  {row['state']}  expires {row['expires_at']}")
+    rows = [v.to_json() for v in views]
+    emit_table(
+        ["ID", "SPIFFE ID", "STATE", "EXPIRES"],
+        [
+            [v.id, v.spiffe_id, r["state"], r["expires_at"]]
+            for v, r in zip(views, rows, strict=True)
+        ],
+    )
 
 
 @token.command("revoke")

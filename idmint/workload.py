@@ -94,7 +94,16 @@ class _Contexts:
     def _context(self, side: int) -> ssl.SSLContext:
         context = _new_context(side)
         with self._lock:
-            _load(context, self._svid_dir)
+            # A helper replaces key and certificate one after the other; a
+            # context made between the two would see a mismatched pair.
+            for attempt in range(20):
+                try:
+                    _load(context, self._svid_dir)
+                    break
+                except ssl.SSLError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.05)
             self._contexts.add(context)
         return context
 

@@ -9,7 +9,7 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 packages=(softhsm2 opensc openssl)
-((want_test)) && packages+=(postgresql)
+((want_test)) && packages+=(postgresql nginx-light curl)
 
 missing=()
 for package in "${packages[@]}"; do

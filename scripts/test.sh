@@ -8,7 +8,7 @@ export PATH="/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -V | tail -1)/b
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/mypy examples/mtls_pair/mtls_pair.py examples/pipeline_token/service.py
+.venv/bin/mypy examples/mtls_pair/mtls_pair.py examples/pipeline_token/service.py examples/nginx_mtls/client.py examples/pipeline_token/fake_ci.py
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from idmint.ca.api import admin, bundle, health, revocation, svid
+from idmint.ca.api import admin, bundle, health, observe, revocation, svid
 from idmint.ca.api.openapi import document
 from idmint.ca.api.problems import from_error, from_http
 from idmint.ca.config import CAConfig
@@ -34,6 +34,9 @@ def create_app(
     )
     for module in (svid, bundle, admin, health, revocation):
         app.register_blueprint(module.blueprint)
+    log = config.extra.get("log", {}) or {}
+    observe.configure_logging(str(log.get("level", "info")), str(log.get("format", "logfmt")))
+    observe.init_app(app)
 
     @app.get("/v1/openapi.json")
     def openapi() -> Any:

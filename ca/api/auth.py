@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from flask import request
 
 from idmint.ca.api.context import state
+from idmint.ca.api.observe import set_caller
 from idmint.ca.errors import CAError
 from idmint.ca.issuance.pop import verify_proof
 
@@ -59,6 +60,7 @@ def require_admin() -> str:
     uid = _unix_peer_uid()
     if uid is not None:
         if uid in (0, os.geteuid()):
+            set_caller(f"unix:uid={uid}")
             return f"unix:uid={uid}"
         raise Forbidden(f"local user {uid} may not use the admin socket")
     header = request.headers.get(PROOF_HEADER)
@@ -81,6 +83,7 @@ def require_admin() -> str:
     check_issuers(issuer, proven)
     api.used.spend([proven.replay_key], now)
     admins = [e for e in issuer.state().entries.for_spiffe_id(proven.spiffe_id) if e.usable(now)]
+    set_caller(f"svid:{proven.spiffe_id}")
     if not any(e.admin for e in admins):
         raise Forbidden(f"{proven.spiffe_id} is not an admin identity")
     return f"svid:{proven.spiffe_id}"

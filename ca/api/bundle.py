@@ -14,8 +14,15 @@ from flask import Blueprint, Response, jsonify, request
 
 from idmint.ca.api.context import state
 from idmint.ca.authority.authorities import JWT_KEY_TYPES
+from idmint.ca.errors import CAError
 
 blueprint = Blueprint("bundle", __name__)
+
+
+class InvalidQuery(CAError):
+    """A query parameter of this request is not one this endpoint takes."""
+
+    code = "invalid-query"
 
 
 @blueprint.get("/v1/bundle")
@@ -26,9 +33,7 @@ def bundle() -> Any:
     if fmt == "pem":
         return Response(current.pem(), mimetype="application/x-pem-file")
     if fmt != "jwks":
-        from idmint.ca.api.svid import BadRequest
-
-        raise BadRequest(f"format {fmt!r} is not one of jwks, pem")
+        raise InvalidQuery(f"?format={fmt} is not one of jwks, pem")
     response = jsonify(current.jwks())
     response.headers["Cache-Control"] = f"max-age={current.refresh_hint}"
     return response

@@ -15,11 +15,13 @@ from typing import Any
 
 from flask import current_app
 
-from idmint.attestation import Attested, Attestor, get_attestor_class
+from idmint.attestation import Attested, Attestor
+from idmint.attestation.base import attestor_types
 from idmint.attestation.join_token import JoinTokenAttestor, JoinTokenLedger
 from idmint.attestation.k8s_psat import KubernetesPSATAttestor
 from idmint.attestation.oidc import OIDCAttestor
 from idmint.attestation.x509pop import X509PoPAttestor
+from idmint.ca.api.observe import set_caller
 from idmint.ca.config import CAConfig
 from idmint.ca.service import CAService
 from idmint.ca.storage.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
@@ -38,19 +40,23 @@ class APIState:
 
     def attest(self, evidence: Any, now: datetime | None = None) -> Attested:
         """Run the attestor the evidence names and spend its one-time keys."""
-        from idmint.attestation.base import AttestationFailed
+        from idmint.ca.api.svid import BadRequest  # the API's error; svid imports this module
 
+        enabled = ", ".join(sorted(self.attestors))
         if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
-            raise AttestationFailed(
-                f"'attestation' must be an object with a 'type' (one of {sorted(self.attestors)})"
-            )
+            raise BadRequest(f"'attestation' must be an object with a 'type', one of: {enabled}")
         kind = evidence["type"]
         attestor = self.attestors.get(kind)
         if attestor is None:
-            get_attestor_class(kind)  # unknown type: names the known ones
-            raise AttestationFailed(f"attestation type {kind!r} is not enabled on this server")
+            known = kind in attestor_types()
+            raise BadRequest(
+                f"attestation type {kind!r} is "
+                + ("not enabled on this server" if known else "unknown")
+                + f"; this server accepts: {enabled}"
+            )
         now = now or datetime.now(UTC)
         attested = attestor.attest(evidence, now)
+        set_caller(attested.subject)
         self.used.spend(attested.replay_keys, now)
         return attested
 

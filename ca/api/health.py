@@ -42,10 +42,14 @@ def readyz() -> Any:
 @blueprint.get("/metrics")
 def prometheus() -> Any:
     current = state().service.issuer.state()
-    body, content_type = metrics.render(
-        {
-            AuthorityKind.INTERMEDIATE.value: current.ca.row.not_after.timestamp(),
-            AuthorityKind.JWT.value: current.jwt.row.not_after.timestamp(),
-        }
-    )
+    expiry = {
+        AuthorityKind.INTERMEDIATE.value: current.ca.row.not_after.timestamp(),
+        AuthorityKind.JWT.value: current.jwt.row.not_after.timestamp(),
+    }
+    # The root is rotated by hand, so its expiry is the one an operator must watch.
+    signer = current.ca.certificate.issuer
+    root = next((r for r in current.bundle.roots if r.subject == signer), None)
+    if root is not None:
+        expiry[AuthorityKind.ROOT.value] = root.not_valid_after_utc.timestamp()
+    body, content_type = metrics.render(expiry)
     return Response(body, content_type=content_type)

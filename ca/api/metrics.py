@@ -21,13 +21,26 @@ from prometheus_client import (
 )
 
 ISSUED = Counter(
-    "idmint_issuance_total", "SVID issuance requests by type and result", ["type", "result"]
+    "idmint_issuance_total",
+    "SVID issuance requests by type and result ('success' or the problem code of the refusal)",
+    ["type", "result"],
 )
 ISSUANCE_SECONDS = Histogram(
     "idmint_issuance_seconds",
     "Time to issue an SVID, attestation excluded",
     ["type"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+HTTP_REQUESTS = Counter(
+    "idmint_http_requests_total",
+    "HTTP requests by method, route and status",
+    ["method", "route", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "idmint_http_request_seconds",
+    "Time to answer an HTTP request in the app (TLS and the HTTP server excluded)",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
 HSM_SIGN_SECONDS = Histogram(
     "idmint_hsm_sign_seconds",

@@ -12,6 +12,7 @@ from idmint.attestation.base import AttestationFailed
 from idmint.ca.api import metrics
 from idmint.ca.api.context import state
 from idmint.ca.api.limits import limit
+from idmint.ca.api.observe import set_caller
 from idmint.ca.errors import CAError
 from idmint.ca.issuance.issuer import X509SVID
 from idmint.ca.issuance.pop import issuer_kid, jwt_payload, verify_proof
@@ -69,14 +70,10 @@ def _x509_response(svid: X509SVID) -> dict[str, Any]:
 
 
 def _observe(kind: str, work: Any) -> Any:
+    # Results (success or the refusal's problem code) are counted per answer
+    # in ca/api/observe.py, so refusals before issuance count too.
     with metrics.ISSUANCE_SECONDS.labels(kind).time():
-        try:
-            result = work()
-        except IdmintError as error:
-            metrics.ISSUED.labels(kind, error.code).inc()
-            raise
-    metrics.ISSUED.labels(kind, "success").inc()
-    return result
+        return work()
 
 
 @blueprint.post("/v1/svid/x509")
@@ -155,6 +152,7 @@ def _prove(proof: Any, purpose: str, payload: bytes, now: datetime) -> str:
         is_revoked=issuer.is_revoked,
     )
     check_issuers(issuer, proven)
+    set_caller(f"svid:{proven.spiffe_id}")
     api.used.spend([proven.replay_key], now)
     return proven.spiffe_id
 

@@ -37,6 +37,12 @@ class CredentialNotFound(CAError):
     code = "not-found"
 
 
+class InvalidSerial(CAError):
+    """An X509-SVID serial number must be hexadecimal."""
+
+    code = "invalid-serial"
+
+
 class AlreadyRevoked(CAError):
     """The credential is already revoked."""
 
@@ -99,7 +105,13 @@ def revoke_credential(
     now = now or datetime.now(UTC)
     if kind is CredentialKind.X509:
         # Serials as we store them: lowercase hex, no prefix, no leading zeros.
+        given = identifier
         identifier = identifier.lower().removeprefix("0x").replace(":", "").lstrip("0") or "0"
+        if not all(c in "0123456789abcdef" for c in identifier):
+            raise InvalidSerial(
+                f"serial {given!r} is not hexadecimal (e.g. 3f2a..., as openssl x509 -serial "
+                "prints it, with or without colons)"
+            )
     what = "X509-SVID with serial" if kind is CredentialKind.X509 else "JWT-SVID with jti"
     _wait_for_record(database, kind, identifier)
     try:

@@ -19,19 +19,6 @@ from idmint.ca.server.errors import ServerError
 from idmint.ca.server.writer_process import WriterProcess
 
 
-def access_log(config: Any) -> bool:
-    """Whether the server writes gunicorn's access log (``[server] access_log``, default on)."""
-    value = (config.extra.get("server") or {}).get("access_log", True)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ServerError(f"[server] access_log must be true or false, not {value!r}")
-
-
 def split_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8443`` for IPv6) as a host and a port number."""
     host, _, port = listen.rpartition(":")
@@ -101,12 +88,10 @@ def serve(
         "keepalive": 5,
         "certfile": str(certfile),
         "keyfile": str(keyfile),
-        # One line per request on stdout; [server] access_log = false (or
-        # IDMINT_SERVER_ACCESS_LOG=false) turns it off: it cost 12.6% of a
-        # worker's GIL time under X509-SVID load (benchmarks/http.py).
-        "accesslog": "-" if access_log(config) else None,
+        # The app logs one structured line per request (ca/api/observe.py).
+        "accesslog": None,
         "errorlog": "-",
-        "loglevel": "info",
+        "loglevel": str((config.extra.get("log") or {}).get("level", "info")),
         "timeout": 60,
         "graceful_timeout": 10,
         "limit_request_line": 8190,

@@ -360,3 +360,29 @@ def test_gunicorn_control_socket_stays_in_the_data_directory(server: Server) -> 
         time.sleep(0.1)
     assert stat.S_ISSOCK(control.stat().st_mode)
     assert stat.S_IMODE(control.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("attestation", "says"),
+    [
+        ("join_token", "'attestation' must be an object with a 'type', one of: join_token"),
+        ({"token": "x"}, "'attestation' must be an object with a 'type', one of: join_token"),
+        ({"type": "nope"}, "attestation type 'nope' is unknown; this server accepts: join_token"),
+    ],
+)
+def test_malformed_attestation_is_a_bad_request(
+    server: Server, attestation: Any, says: str
+) -> None:
+    status, _, problem = server.request(
+        "POST",
+        "/v1/svid/x509",
+        {"attestation": attestation, "csr": csr_pem(ec.generate_private_key(ec.SECP256R1()))},
+    )
+    assert status == 400, problem
+    assert says in problem["detail"] and "[" not in problem["detail"], problem
+
+
+def test_an_unknown_bundle_format_names_the_query_parameter(server: Server) -> None:
+    status, _, problem = server.request("GET", "/v1/bundle?format=xml")
+    assert status == 400
+    assert "query parameter" in problem["title"] and "?format=xml" in problem["detail"], problem

@@ -120,7 +120,61 @@ def test_root_rotation_runbook(server: Server) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Audit log intact" in done.stdout and "removed" in done.stdout
+    # By default the old root stays trusted: SVIDs under it keep validating.
+    assert "Audit log intact" in done.stdout and "stays trusted" in done.stdout
     time.sleep(1.1)
     _, _, bundle = server.request("GET", "/v1/bundle?format=pem")
-    assert bundle.count(b"BEGIN CERTIFICATE") == 1
+    assert bundle.count(b"BEGIN CERTIFICATE") == 2
+    active = next(
+        a["id"] for a in server.authority("list") if a["kind"] == "root" and a["state"] == "active"
+    )
+    done = subprocess.run(
+        [
+            str(EXAMPLES / "root_rotation" / "rotate_root.sh"),
+            str(server.data_dir),
+            "0",
+            "--remove-old-root-now",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "removed" in done.stdout
+    time.sleep(1.1)
+    _, _, bundle = server.request("GET", "/v1/bundle?format=pem")
+    # The root active before this run is gone; the first run's retired root and the new one stay.
+    state = next(a["state"] for a in server.authority("list") if a["id"] == active)
+    assert state not in ("active", "retired", "prepared"), state
+    assert bundle.count(b"BEGIN CERTIFICATE") == 2
+
+
+def test_fake_ci_issuer_makes_a_token_its_jwks_verifies(tmp_path: Path) -> None:
+    import json
+
+    import jwt
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "pipeline_token" / "fake_ci.py"),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=True,
+    )
+    assert (
+        "[attestation.oidc.ci]" in done.stderr and 'jwks_file = "fake-ci-jwks.json"' in done.stderr
+    )
+    jwks = json.loads((tmp_path / "fake-ci-jwks.json").read_text())
+    key = jwt.PyJWKSet.from_dict(jwks).keys[0].key
+    claims = jwt.decode(
+        done.stdout.strip(), key, algorithms=["RS256"], audience="idmint",
+        issuer="https://fake-ci.idmint.test",
+    )  # fmt: skip
+    assert claims["repository"] == "org/app" and claims["exp"] - claims["iat"] == 300
+    assert (tmp_path / "fake-ci-key.pem").stat().st_mode & 0o777 == 0o600
