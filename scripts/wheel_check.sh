@@ -44,7 +44,10 @@ top_level=$(unzip -Z1 "$wheel" | cut -d/ -f1 | sort -u)
 echo "$top_level" | sed 's/^/    /' >&2
 unexpected=$(echo "$top_level" | grep -v -x -e idmint -e 'idmint-[0-9.]*\.dist-info' || true)
 [[ -z "$unexpected" ]] || fail "the wheel installs other top-level names: $unexpected"
-unzip -Z1 "$wheel" | grep -q '^idmint/ca/storage/migrations/versions/0001_.*\.py$' \
+# The listing is read whole: grep -q would stop early and, under pipefail,
+# unzip's SIGPIPE would fail the check although the file is there.
+listing=$(unzip -Z1 "$wheel")
+grep -q '^idmint/ca/storage/migrations/versions/0001_.*\.py$' <<<"$listing" \
     || fail "the migrations are not in the wheel"
 
 # Run outside the checkout, with no idmint or SoftHSM settings inherited, so
