@@ -15,17 +15,33 @@ uses 16 Python threads with http.client instead (the figure then includes
 their CPU). Either way the clients run on this machine and the figures are a
 floor for a separate load generator.
 
-``--limits redis`` adds a second server on a copy of the data directory
-with its rate limits in a redis-server started for the run: the default
-levels (per address and per identity), or with ``redis-all`` every level
-(also per trust domain and attestation attempts); rules too high to trip,
-so each request pays for every count. Its rounds run interleaved with the
-first server's (limits off); the JSON gives the ratio of requests/s (goal
->= 0.9) and of the CPU time the server processes (and redis-server) spent
-per request, which the noise of a shared machine disturbs less.
+Stacks (``--stacks``): the same server with its per-request log line on (the
+default) and off (``[log] level = "warning"``), each its own data directory,
+measured in the same interleaved rounds.
+
+Peer: cfssl (``apt-get install -y golang-cfssl wrk``; Debian's cfssl 1.2.0),
+``cfssl serve`` on loopback with a software P-256 CA and TLS, under the same
+wrk load in the same rounds: ``POST /api/v1/cfssl/sign`` (a P-256 CSR) and
+``GET /api/v1/cfssl/scaninfo``. Ratios: X509-SVID and JWT-SVID vs cfssl sign,
+``/healthz`` vs cfssl's GET. ``--no-cfssl`` skips it. ``--py-spy SECONDS``
+records a profile of one server worker under X509 load (needs py-spy).
+
+``--limits redis`` adds a stack (``limits_redis``) with its rate limits in a
+redis-server started for the run: the default levels (per address and per
+identity), or with ``redis-all`` every level (also per trust domain and
+attestation attempts); rules too high to trip, so each request pays for
+every count. Its rounds run interleaved with the others; the JSON gives the
+ratio of its requests/s to the first stack's (goal >= 0.9) and of the CPU
+time the server processes (and redis-server) spent per request, which the
+noise of a shared machine disturbs less.
+
+Every round records ``cpu_ms_per_request``: CPU time of the server's process
+tree (and redis-server's) over the round, per successful request.
 
 Usage: python benchmarks/http.py [--seconds 5] [--rounds 3] [--clients 16] [--workers 2]
-                                 [--client wrk|python] [--limits off|redis|redis-all]
+                                 [--client wrk|python] [--no-cfssl] [--py-spy 10]
+                                 [--stacks access_log_on,access_log_off]
+                                 [--limits off|redis|redis-all]
 """
 
 from __future__ import annotations
@@ -49,9 +65,14 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -161,10 +182,12 @@ function setup(thread)
 end
 function init(args)
   bodies, next_body = {}, 0
+  repeat_bodies = args[3] == "repeat"
   if args[1] == "-" then return end
   local n, threads = 0, tonumber(args[2])
   for line in io.lines(args[1]) do
-    if n % threads == id then bodies[#bodies + 1] = line end
+    -- Bodies used once are shared out; repeated ones go to every thread.
+    if repeat_bodies or n % threads == id then bodies[#bodies + 1] = line end
     n = n + 1
   end
 end
@@ -172,6 +195,7 @@ function request()
   if #bodies == 0 then return wrk.format("GET") end
   next_body = next_body + 1
   local body = bodies[next_body] or "{}"
+  if repeat_bodies then body = bodies[(next_body - 1) % #bodies + 1] end
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
 end
 function done(summary, latency, requests)
@@ -187,9 +211,15 @@ end
 
 
 def run_wrk(
-    port: int, bodies: list[bytes], path: str, clients: int, seconds: float, scratch: Path
+    port: int,
+    bodies: list[bytes],
+    path: str,
+    clients: int,
+    seconds: float,
+    scratch: Path,
+    repeat: bool = False,
 ) -> dict[str, Any]:
-    """``bodies`` POSTed once each; none: GET ``path`` again and again."""
+    """``bodies`` POSTed once each (``repeat``: round and round); none: GET ``path``."""
     threads = 2
     body_file, script = scratch / "bodies.jsonl", scratch / "load.lua"
     body_file.write_bytes(b"\n".join(bodies) + b"\n")
@@ -199,7 +229,7 @@ def run_wrk(
             "wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s",
             "--timeout", "10s",
             "-s", str(script), f"https://127.0.0.1:{port}{path}", "--",
-            str(body_file) if bodies else "-", str(threads),
+            str(body_file) if bodies else "-", str(threads), "repeat" if repeat else "once",
         ],
         capture_output=True, text=True,
     )  # fmt: skip
@@ -269,6 +299,275 @@ def tree_cpu_seconds(roots: list[int]) -> float:
     return sum(ticks.get(pid, 0) for pid in wanted) / os.sysconf("SC_CLK_TCK")
 
 
+def _pem(key: Any) -> bytes:
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def start_cfssl(scratch: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    """``cfssl serve`` with a software P-256 CA and a TLS certificate from it, on loopback."""
+    import ipaddress
+
+    from cryptography.x509.oid import NameOID
+
+    from benchmarks.serving import free_port
+
+    folder = scratch / "cfssl"
+    folder.mkdir()
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cfssl bench CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    tls = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(tls_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "ca-key.pem").write_bytes(_pem(ca_key))
+    (folder / "tls.pem").write_bytes(tls.public_bytes(serialization.Encoding.PEM))
+    (folder / "tls-key.pem").write_bytes(_pem(tls_key))
+    port = free_port()
+    server = subprocess.Popen(
+        ["cfssl", "serve", "-address", "127.0.0.1", "-port", str(port),
+         "-ca", str(folder / "ca.pem"), "-ca-key", str(folder / "ca-key.pem"),
+         "-tls-cert", str(folder / "tls.pem"), "-tls-key", str(folder / "tls-key.pem"),
+         "-loglevel", "5"],
+        stdout=subprocess.DEVNULL, stderr=(folder / "cfssl.log").open("wb"),
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+            connection.request("GET", "/api/v1/cfssl/scaninfo")
+            if connection.getresponse().status == 200:
+                return server, port, str(folder / "ca.pem")
+        except (OSError, ssl.SSLError):
+            pass  # not listening yet
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit("cfssl serve did not start: " + (folder / "cfssl.log").read_text())
+        time.sleep(0.2)
+
+
+def cfssl_sign_body() -> bytes:
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    return json.dumps({"certificate_request": csr}).encode()
+
+
+def worker_pids(server: subprocess.Popen[bytes]) -> list[int]:
+    """gunicorn's worker processes under ``idmint server`` (children of its master)."""
+    found = subprocess.run(
+        ["ps", "-o", "pid=,ppid=,args=", "-ax"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    # The master is the server process itself; workers are its children but
+    # the writer (python -m idmint.ca.storage.writer).
+    return [
+        int(line.split()[0])
+        for line in found
+        if line.strip() and int(line.split()[1]) == server.pid and "storage.writer" not in line
+    ]
+
+
+def _body(token: str, csr: str | None) -> bytes:
+    attestation = {"type": "join_token", "token": token}
+    if csr is None:
+        return json.dumps({"attestation": attestation, "audience": "bench"}).encode()
+    return json.dumps(x509_request(attestation, csr)).encode()
+
+
+@dataclass
+class Stack:
+    """One idmint server under test: its data directory, pre-made bodies and process."""
+
+    name: str
+    data: Path
+    x509_bodies: list[bytes]
+    jwt_bodies: list[bytes]
+    spy_bodies: list[bytes]
+    server: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    #: [limits] settings appended to idmint.toml (None: ``--rate-limit none``).
+    limits: str | None = None
+    #: Processes besides the server whose CPU counts for this stack (redis-server).
+    helpers: tuple[int, ...] = ()
+
+    @classmethod
+    def prepare(
+        cls,
+        root: Path,
+        name: str,
+        args: argparse.Namespace,
+        access_log: bool,
+        limits: str | None = None,
+    ) -> Stack:
+        environment = clean_env()
+        data = root / name
+        subprocess.run(
+            [*IDMINT, "init", "--data-dir", str(data), "--trust-domain", "bench.test"],
+            check=True, capture_output=True, env=environment,
+        )  # fmt: skip
+        if not access_log:  # the app's request log lines are written at level info
+            with (data / "idmint.toml").open("a") as config:
+                config.write('\n[log]\nlevel = "warning"\n')
+        if limits is not None:
+            with (data / "idmint.toml").open("a") as config:
+                config.write(limits)
+        for kind in ("x509", "jwt"):
+            subprocess.run(
+                [*IDMINT, "entry", "create", "--data-dir", str(data),
+                 "--spiffe-id", f"spiffe://bench.test/{kind}", "--selector", "join_token:any:true",
+                 "--owner", "bench", "--expires-at", "1d", "--audience", "bench"],
+                check=True, capture_output=True, env=environment,
+            )  # fmt: skip
+        database = Database(f"sqlite:///{data / 'idmint.db'}")
+        # Single-use tokens for every round at up to 4,000 requests/s, + warm-up.
+        budget = int(args.seconds * 4000) * args.rounds + 200
+        x509_tokens = mint_tokens(database, "spiffe://bench.test/x509", budget)
+        jwt_tokens = mint_tokens(database, "spiffe://bench.test/jwt", budget)
+        spy_tokens = mint_tokens(database, "spiffe://bench.test/x509", int(args.py_spy * 1500))
+        database.close()
+        _key, csr = new_key_and_csr()
+        return cls(
+            name,
+            data,
+            [_body(t, csr) for t in x509_tokens],
+            [_body(t, None) for t in jwt_tokens],
+            [_body(t, csr) for t in spy_tokens],
+            limits=limits,
+        )
+
+    def start(self, args: argparse.Namespace) -> None:
+        unlimited = ("--rate-limit", "none") if self.limits is None else ()
+        self.server, self.port = start_server(
+            self.data, "--workers", str(args.workers), "--threads", str(args.threads),
+            *unlimited, log=self.data.parent / f"{self.name}.log",
+        )  # fmt: skip
+        bundle = str(self.data / "server" / "bundle.pem")
+        # Warm every worker (sessions, caches) before timing.
+        run_load(self.port, bundle, self.x509_bodies[-200:], "/v1/svid/x509", args.clients, 1.0)
+        run_load(self.port, bundle, self.jwt_bodies[-200:], "/v1/svid/jwt", args.clients, 1.0)
+
+    def round(self, n: int, args: argparse.Namespace, scratch: Path) -> dict[str, dict[str, Any]]:
+        share = (len(self.x509_bodies) - 200) // args.rounds
+        mine = slice(n * share, (n + 1) * share)
+        bundle = str(self.data / "server" / "bundle.pem")
+        results: dict[str, dict[str, Any]] = {}
+        assert self.server is not None
+        measured = [self.server.pid, *self.helpers]
+        for kind, bodies, path in (
+            ("x509_svid", self.x509_bodies[mine], "/v1/svid/x509"),
+            ("jwt_svid", self.jwt_bodies[mine], "/v1/svid/jwt"),
+            ("healthz", [], "/healthz"),
+        ):
+            if kind == "healthz" and args.client != "wrk":
+                continue  # the Python client only POSTs
+            cpu = tree_cpu_seconds(measured)
+            if args.client == "wrk":
+                result = run_wrk(self.port, bodies, path, args.clients, args.seconds, scratch)
+            else:
+                result = run_load(self.port, bundle, bodies, path, args.clients, args.seconds)
+            cpu = tree_cpu_seconds(measured) - cpu
+            result["cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["ok"]), 3)
+            results[kind] = result
+        return results
+
+    def profile(self, args: argparse.Namespace, scratch: Path) -> str:
+        """A py-spy profile (raw, collapsed stacks) of one worker under X509 load."""
+        assert self.server is not None
+        output = str(Path(tempfile.gettempdir()) / f"idmint-http-x509-profile-{self.name}.txt")
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(worker_pids(self.server)[0]),
+             "--duration", str(round(args.py_spy)), "--format", "raw", "--output", output,
+             "--nonblocking", "--threads"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        run_wrk(self.port, self.spy_bodies, "/v1/svid/x509", args.clients, args.py_spy, scratch)
+        spy.wait(timeout=120)
+        return output
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=30)
+
+
+def cfssl_round(
+    cfssl: tuple[subprocess.Popen[bytes], int, str],
+    sign_body: bytes,
+    args: argparse.Namespace,
+    scratch: str,
+) -> dict[str, dict[str, Any]]:
+    """One round of cfssl: sign (the same CSR again and again), then its cheap GET."""
+    results: dict[str, dict[str, Any]] = {}
+    for name, bodies, path in (
+        ("cfssl_sign", [sign_body], "/api/v1/cfssl/sign"),
+        ("cfssl_get", [], "/api/v1/cfssl/scaninfo"),
+    ):
+        cpu = tree_cpu_seconds([cfssl[0].pid])
+        result = run_wrk(
+            cfssl[1], bodies, path, args.clients, args.seconds, Path(scratch), repeat=bool(bodies)
+        )
+        cpu = tree_cpu_seconds([cfssl[0].pid]) - cpu
+        result["cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["ok"]), 3)
+        results[name] = result
+    return results
+
+
+def ratios(rounds: dict[str, list[dict[str, Any]]], stack: str) -> dict[str, float]:
+    """Median rates of ``stack`` as ratios to cfssl's in the same rounds."""
+
+    def rate(name: str) -> float:
+        return float(statistics.median(r["requests_per_second"] for r in rounds[name]))
+
+    sign, get = rate("cfssl_sign"), rate("cfssl_get")
+    return {
+        "x509_vs_cfssl_sign": round(rate(f"{stack}.x509_svid") / sign, 3),
+        "jwt_vs_cfssl_sign": round(rate(f"{stack}.jwt_svid") / sign, 3),
+        "healthz_vs_cfssl_get": round(rate(f"{stack}.healthz") / get, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -279,159 +578,114 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python"
     )
+    parser.add_argument("--no-cfssl", action="store_true")
+    parser.add_argument(
+        "--stacks",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["access_log_on", "access_log_off"],
+        help="gunicorn servers to compare: access_log_on, access_log_off",
+    )
+    parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--limits", choices=("off", "redis", "redis-all"), default="off")
     args = parser.parse_args()
-    environment = clean_env()
-    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
-        data = Path(scratch) / "data"
-        subprocess.run(
-            [*IDMINT, "init", "--data-dir", str(data), "--trust-domain", "bench.test"],
-            check=True,
-            capture_output=True,
-            env=environment,
-        )
-        for name in ("x509", "jwt"):
-            subprocess.run(
-                [
-                    *IDMINT,
-                    "entry",
-                    "create",
-                    "--data-dir",
-                    str(data),
-                    "--spiffe-id",
-                    f"spiffe://bench.test/{name}",
-                    "--selector",
-                    "join_token:any:true",
-                    "--owner",
-                    "bench",
-                    "--expires-at",
-                    "1d",
-                    "--audience",
-                    "bench",
-                ],
-                check=True,
-                capture_output=True,
-                env=environment,
-            )
-        database = Database(f"sqlite:///{data / 'idmint.db'}")
-        # Single-use tokens for every round at up to 4,000 requests/s, + warm-up.
-        budget = int(args.seconds * 4000) * args.rounds + 200
-        x509_tokens = mint_tokens(database, "spiffe://bench.test/x509", budget)
-        jwt_tokens = mint_tokens(database, "spiffe://bench.test/jwt", budget)
-        database.close()
-        limited = None
+    use_cfssl = not args.no_cfssl and args.client == "wrk" and shutil.which("cfssl") is not None
+    levels: list[str] = []
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as exits:
+        stacks = [
+            Stack.prepare(Path(scratch), name, args, access_log=(name == "access_log_on"))
+            for name in args.stacks
+        ]
         if args.limits != "off":
             from tests.redis_server import redis_server
 
-            redis = stack.enter_context(redis_server())
-            # A copy after minting: the same tokens work once on each server.
-            limited = Path(scratch) / "data-limits"
-            shutil.copytree(data, limited)
+            redis = exits.enter_context(redis_server())
             levels = ["per_address", "per_identity"]
             if args.limits == "redis-all":
                 levels += ["trust_domain", "attestation"]
-            with (limited / "idmint.toml").open("a") as config:
-                config.write(f'\n[limits]\nstorage = "{redis.url}"\n')
-                config.write("".join(f'{level} = "10000000/minute"\n' for level in levels))
-        _key, csr = new_key_and_csr()
-        x509_bodies = [
-            json.dumps(x509_request({"type": "join_token", "token": t}, csr)).encode()
-            for t in x509_tokens
-        ]
-        jwt_bodies = [
-            json.dumps(
-                {"attestation": {"type": "join_token", "token": t}, "audience": "bench"}
-            ).encode()
-            for t in jwt_tokens
-        ]
-        server, port = start_server(
-            data, "--workers", str(args.workers), "--threads", str(args.threads),
-            "--rate-limit", "none", log=Path(scratch) / "server.log",
-        )  # fmt: skip
-        variants = {"": (server, port, str(data / "server" / "bundle.pem"))}
-        measured = {"": [server.pid]}
-        if limited is not None:
-            limited_server, limited_port = start_server(
-                limited, "--workers", str(args.workers), "--threads", str(args.threads),
-                log=Path(scratch) / "server-limits.log",
-            )  # fmt: skip
-            assert redis.process is not None
-            measured["limits_"] = [limited_server.pid, redis.process.pid]
-            variants["limits_"] = (
-                limited_server,
-                limited_port,
-                str(limited / "server" / "bundle.pem"),
+            settings = f'\n[limits]\nstorage = "{redis.url}"\n' + "".join(
+                f'{level} = "10000000/minute"\n' for level in levels
             )
-        rounds: dict[str, list[dict[str, Any]]] = {
-            f"{v}{name}": [] for v in variants for name in ("x509_svid", "jwt_svid", "healthz")
-        }
+            limited = Stack.prepare(
+                Path(scratch), "limits_redis", args, access_log=True, limits=settings
+            )
+            assert redis.process is not None
+            limited.helpers = (redis.process.pid,)
+            stacks.append(limited)
+        rounds: dict[str, list[dict[str, Any]]] = {"cfssl_sign": [], "cfssl_get": []}
+        for stack in stacks:
+            for kind in ("x509_svid", "jwt_svid", "healthz"):
+                rounds[f"{stack.name}.{kind}"] = []
+        cfssl = start_cfssl(Path(scratch)) if use_cfssl else None
+        sign_body = cfssl_sign_body()
+        profile: str | None = None
         try:
-            # Warm every worker (sessions, caches) before timing.
-            for _, port, bundle in variants.values():
-                run_load(port, bundle, x509_bodies[-200:], "/v1/svid/x509", args.clients, 1.0)
-                run_load(port, bundle, jwt_bodies[-200:], "/v1/svid/jwt", args.clients, 1.0)
-            share = (len(x509_bodies) - 200) // args.rounds
+            for stack in stacks:
+                stack.start(args)
+            turns: list[Any] = list(stacks)
+            if cfssl is not None:
+                turns.append(cfssl)
             for n in range(args.rounds):
-                mine = slice(n * share, (n + 1) * share)
-                for name, bodies, path in (
-                    ("x509_svid", x509_bodies[mine], "/v1/svid/x509"),
-                    ("jwt_svid", jwt_bodies[mine], "/v1/svid/jwt"),
-                ):
-                    # Interleaved, first one then the other first: drift hits both alike.
-                    for variant, (_, port, bundle) in list(variants.items())[:: 1 - 2 * (n % 2)]:
-                        cpu = tree_cpu_seconds(measured[variant])
-                        if args.client == "wrk":
-                            result = run_wrk(
-                                port, bodies, path, args.clients, args.seconds, Path(scratch)
-                            )
-                        else:
-                            result = run_load(
-                                port, bundle, bodies, path, args.clients, args.seconds
-                            )
-                        cpu = tree_cpu_seconds(measured[variant]) - cpu
-                        result["cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["ok"]), 3)
-                        rounds[variant + name].append(result)
-                if args.client == "wrk":
-                    for variant, (_, port, _) in variants.items():
-                        rounds[variant + "healthz"].append(
-                            run_wrk(port, [], "/healthz", args.clients, args.seconds, Path(scratch))
-                        )
+                # Interleaved, in turn first and last: drift hits every server alike.
+                for turn in turns[:: 1 - 2 * (n % 2)]:
+                    if isinstance(turn, Stack):
+                        for kind, result in turn.round(n, args, Path(scratch)).items():
+                            rounds[f"{turn.name}.{kind}"].append(result)
+                    else:
+                        for name, result in cfssl_round(turn, sign_body, args, scratch).items():
+                            rounds[name].append(result)
+            if args.py_spy and shutil.which("py-spy"):
+                profile = stacks[0].profile(args, Path(scratch))
         finally:
-            for process, _, _ in variants.values():
-                process.terminate()
-                process.wait(timeout=30)
-    limits_figures: dict[str, Any] = {}
-    if limited is not None:
-        limits_figures["limits_redis"] = {
-            "setup": f"{', '.join(levels)} in one redis-server on loopback, moving window, "
-            "rules too high to trip; cpu: server processes + redis-server",
-            "x509_svid": summarise(rounds["limits_x509_svid"]),
-            "jwt_svid": summarise(rounds["limits_jwt_svid"]),
-            # Median over median, both measured interleaved in this run.
-            "ratio_x509": _ratio(rounds["limits_x509_svid"], rounds["x509_svid"]),
-            "ratio_jwt": _ratio(rounds["limits_jwt_svid"], rounds["jwt_svid"]),
-            "cpu_ratio_x509": _ratio(rounds["limits_x509_svid"], rounds["x509_svid"], "cpu"),
-            "cpu_ratio_jwt": _ratio(rounds["limits_jwt_svid"], rounds["jwt_svid"], "cpu"),
-            "goal_ratio": 0.9,
-        }
-    print(
-        json.dumps(
+            for stack in stacks:
+                stack.stop()
+            if cfssl is not None:
+                cfssl[0].terminate()
+                cfssl[0].wait(timeout=30)
+    first = stacks[0].name
+    report: dict[str, Any] = {
+        "benchmark": "http",
+        "setup": f"gunicorn {args.workers} workers x {args.threads} threads, "
+        f"SoftHSM + SQLite, {args.clients} keep-alive HTTPS clients ({args.client}) "
+        "on this machine; stacks measured in the same interleaved rounds",
+        "seconds_per_round": args.seconds,
+        "rounds": args.rounds,
+        "stacks": {
+            stack.name: {
+                kind: summarise(rounds[f"{stack.name}.{kind}"])
+                for kind in ("x509_svid", "jwt_svid", "healthz")
+            }
+            for stack in stacks
+        },
+        "cfssl_sign": summarise(rounds["cfssl_sign"]),
+        "cfssl_get_scaninfo": summarise(rounds["cfssl_get"]),
+        "ratios_vs_cfssl": (
+            {stack.name: ratios(rounds, stack.name) for stack in stacks} if cfssl else None
+        ),
+        "limits_redis": (
             {
-                "benchmark": "http",
-                "setup": f"gunicorn {args.workers} workers x {args.threads} threads, "
-                f"SoftHSM + SQLite, {args.clients} keep-alive HTTPS clients ({args.client}) "
-                "on this machine",
-                "seconds_per_round": args.seconds,
-                "rounds": args.rounds,
-                "x509_svid": summarise(rounds["x509_svid"]),
-                "jwt_svid": summarise(rounds["jwt_svid"]),
-                "baseline_healthz": summarise(rounds["healthz"]),
-                "goals": {"x509_rps": 2000, "jwt_rps": 3000, "p99_ms": 25},
-                **limits_figures,
-            },
-            indent=2,
-        )
-    )
+                "setup": f"{', '.join(levels)} in one redis-server on loopback, moving window, "
+                "rules too high to trip; cpu: server processes + redis-server",
+                "vs": first,
+                **{
+                    f"{what}_{kind}": _ratio(
+                        rounds[f"limits_redis.{kind}_svid"], rounds[f"{first}.{kind}_svid"], what
+                    )
+                    for what in ("rps", "cpu")
+                    for kind in ("x509", "jwt")
+                },
+                "goal_ratio": 0.9,
+            }
+            if levels
+            else None
+        ),
+        "py_spy_profile_of": first if profile else None,
+        "py_spy_profile": profile,
+        "goals": {
+            "x509_rps": 2000, "jwt_rps": 3000, "p99_ms": 25,
+            "x509_vs_cfssl_sign": 0.4, "jwt_vs_cfssl_sign": 0.6, "healthz_vs_cfssl_get": 0.5,
+        },
+    }  # fmt: skip
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,15 @@ class InvalidRevocationReason(CAError):
     code = "invalid-revocation-reason"
 
 
+# revocation/crl.py
+
+
+class CRLBuildError(CAError):
+    """The CRL could not be built for this authority's key (a CA fault, not the caller's)."""
+
+    code = "crl-build-failed"
+
+
 # storage/: ledgers.py, writer.py, audit.py
 
 

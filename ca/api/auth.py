@@ -70,9 +70,7 @@ def require_admin() -> str:
 
     check_issuers(issuer, proven)
     api.used.spend([proven.replay_key], now)
-    admins = [
-        e for e in issuer.state().entries if e.spiffe_id == proven.spiffe_id and e.usable(now)
-    ]
+    admins = [e for e in issuer.state().entries.for_spiffe_id(proven.spiffe_id) if e.usable(now)]
     set_caller(f"svid:{proven.spiffe_id}")
     if not any(e.admin for e in admins):
         raise Forbidden(f"{proven.spiffe_id} is not an admin identity")

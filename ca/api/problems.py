@@ -91,6 +91,7 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     ca.InvalidSerial: _p(400, "invalid-serial"),
     ca.AlreadyRevoked: _p(409, "already-revoked"),
     ca.InvalidRevocationReason: _p(400, "invalid-revocation-reason"),
+    ca.CRLBuildError: _p(500, "crl-build-failed"),
     ca.JoinTokenNotFound: _p(404, "join-token-not-found"),
     ca.WriterUnavailable: _p(503, "writer-unavailable"),
     ca.AuditChainBroken: _p(500, "audit-chain-broken"),

@@ -9,50 +9,40 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import func, select
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import select
 
 from idmint.ca.api.auth import require_admin
 from idmint.ca.api.context import state
 from idmint.ca.api.limits import limit_address
 from idmint.ca.api.svid import BadRequest, body
 from idmint.ca.jose.jwtsvid import InvalidJWTSVID, jwks_keys, validate_jwt_svid
-from idmint.ca.revocation.crl import NEXT_UPDATE, build_crl
+from idmint.ca.revocation.crl import CRLPublisher
 from idmint.ca.revocation.ocsp import respond
-from idmint.ca.revocation.revocations import revoke_credential, revoke_entry, revoked_identifiers
+from idmint.ca.revocation.revocations import revoke_credential, revoke_entry
 from idmint.ca.storage.models import CredentialKind, IssuedCredential, Revocation
 
 blueprint = Blueprint("revocation", __name__)
 _crl_lock = threading.Lock()
-_crl_cache: dict[str, Any] = {}
 
 
-def _revocation_marker() -> tuple[int, Any]:
-    """Changes whenever a revocation is added anywhere (any replica)."""
-    with state().service.database.reading() as session:
-        count, latest = session.execute(
-            select(func.count(Revocation.id), func.max(Revocation.revoked_at))
-        ).one()
-    return int(count), latest
+def _crl_publisher() -> CRLPublisher:
+    """This worker's CRL publisher, made on the first CRL request."""
+    with _crl_lock:
+        publisher: CRLPublisher | None = current_app.extensions.get("idmint.crl")
+        if publisher is None:
+            publisher = CRLPublisher(state().service.database)
+            current_app.extensions["idmint.crl"] = publisher
+    return publisher
 
 
 @blueprint.get("/v1/crl")
 def crl() -> Any:
-    """The DER CRL of the active issuing authority, signed in the HSM."""
+    """The DER CRL of the active issuing authority, signed in the HSM, built off the request."""
     limit_address()
-    issuer = state().service.issuer
-    ca = issuer.state().ca
-    marker = (ca.row.id, _revocation_marker())
-    now = datetime.now(UTC)
-    with _crl_lock:
-        cached = _crl_cache.get("crl")
-        if cached is None or cached[0] != marker or now > cached[1] + NEXT_UPDATE / 2:
-            revoked = revoked_identifiers(
-                issuer.database, CredentialKind.X509, now, authority_id=ca.row.id
-            )
-            der = build_crl(ca.certificate, ca.key, revoked, now)
-            cached = _crl_cache["crl"] = (marker, now, der)
-    return Response(cached[2], mimetype="application/pkix-crl")
+    ca = state().service.issuer.state().ca
+    der = _crl_publisher().der(ca.row.id, ca.certificate, ca.key)
+    return Response(der, mimetype="application/pkix-crl")
 
 
 def _status(serial: str) -> tuple[str, datetime | None, str | None] | None:

@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from idmint.ca.errors import AmbiguousEntry, EntryNotFound, InvalidEntry, NoMatchingEntry
 from idmint.ca.spiffe_id import SpiffeID, TrustDomain
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
-from idmint.ca.storage.models import Entry
+from idmint.ca.storage.models import Entry, EntryChange, EntryRevision
 
 X509_TTL_DEFAULT = timedelta(minutes=10)
 X509_TTL_RANGE = (timedelta(minutes=1), timedelta(minutes=60))
 JWT_TTL_DEFAULT = timedelta(minutes=5)
 JWT_TTL_RANGE = (timedelta(minutes=1), timedelta(minutes=15))
+#: Change-log rows kept for entry indexes that are behind; one further back reloads.
+CHANGES_KEPT = 10_000
 
 # type:value, where the value may itself contain colons (oidc:github:ref:refs/heads/main).
 _SELECTOR = re.compile(r"^[a-z][a-z0-9_]*:[^\s]+$")
@@ -212,6 +214,7 @@ class EntryStore:
             session.add(row)
             session.flush()
             view = EntryView.of(row)
+            record_change(session, [view.id], now)
             audit.append(
                 session,
                 [audit.Event("entry.create", view.spiffe_id, actor, detail=view.to_json(), at=now)],
@@ -247,6 +250,7 @@ class EntryStore:
             row.updated_at = now
             session.flush()
             view = EntryView.of(row)
+            record_change(session, [view.id], now)
             audit.append(
                 session,
                 [
@@ -267,6 +271,7 @@ class EntryStore:
             row = self._get(session, entry_id, lock=True)
             spiffe_id = row.spiffe_id
             session.delete(row)
+            record_change(session, [entry_id], now)
             audit.append(
                 session,
                 [audit.Event("entry.delete", spiffe_id, actor, detail={"id": entry_id}, at=now)],
@@ -290,6 +295,35 @@ class EntryStore:
         if row is None:
             raise EntryNotFound(f"no registration entry with id {entry_id!r}")
         return row
+
+
+def record_change(session: Session, entry_ids: Sequence[str], now: datetime) -> int:
+    """Raise the entry revision for each changed entry, in the caller's transaction.
+
+    Every write to the entries table must call this (created, updated,
+    disabled or deleted rows alike): it is how each server worker and
+    replica learns what to re-read (see :mod:`idmint.ca.issuance.entry_index`).
+    The UPDATE takes the revision row's lock until commit, so revisions
+    commit in order. Returns the newest revision.
+    """
+    revision = session.execute(
+        update(EntryRevision)
+        .where(EntryRevision.id == 1)
+        .values(revision=EntryRevision.revision + len(entry_ids))
+        .returning(EntryRevision.revision)
+    ).scalar_one()
+    first = revision - len(entry_ids) + 1
+    if entry_ids:
+        session.execute(
+            insert(EntryChange),
+            [
+                {"revision": first + n, "entry_id": entry_id, "changed_at": now}
+                for n, entry_id in enumerate(entry_ids)
+            ],
+        )
+    if revision // 1000 != (first - 1) // 1000:  # prune now and then, not on every write
+        session.execute(delete(EntryChange).where(EntryChange.revision <= revision - CHANGES_KEPT))
+    return int(revision)
 
 
 def match(

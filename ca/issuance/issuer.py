@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,8 @@ from sqlalchemy import select
 from idmint.ca.anomaly.monitor import AnomalyCheck, NoCheck, Request
 from idmint.ca.authority.authorities import active, jwt_algorithm, signing_key
 from idmint.ca.errors import AudienceNotAllowed
-from idmint.ca.issuance.entries import AmbiguousEntry, EntryStore, EntryView, NoMatchingEntry, match
+from idmint.ca.issuance.entries import AmbiguousEntry, EntryView, NoMatchingEntry
+from idmint.ca.issuance.entry_index import EntryIndex, refresh
 from idmint.ca.jose.bundle import Bundle, load_bundle
 from idmint.ca.jose.jwtsvid import encode_jwt_svid, jwt_svid_claims
 from idmint.ca.spiffe_id import TrustDomain
@@ -88,7 +89,7 @@ class _State:
     loaded_at: float
     ca: _SigningCA
     jwt: _SigningJWT
-    entries: tuple[EntryView, ...]
+    entries: EntryIndex
     bundle: Bundle
     bundle_pem: str
 
@@ -120,9 +121,11 @@ class Issuer:
         self.crl_url = crl_url
         self.ocsp_url = ocsp_url
         self.anomaly: AnomalyCheck = anomaly or NoCheck()
-        self._entries = EntryStore(database, trust_domain)
         self._lock = threading.Lock()
         self._state: _State | None = None
+        # Kept when the rest of the state is dropped (invalidate): entries
+        # are refreshed from their change log, never re-read whole.
+        self._index: EntryIndex | None = None
 
     def close(self) -> None:
         if self._owns_recorder:
@@ -154,13 +157,22 @@ class Issuer:
             loaded_at=time.monotonic(),
             ca=ca,
             jwt=jwt,
-            entries=tuple(self._entries.list()),
+            entries=self._refreshed_entries(),
             bundle=bundle,
             bundle_pem=bundle.pem(),
         )
 
+    def _refreshed_entries(self) -> EntryIndex:
+        """The entry index at the database's revision (call with ``_lock`` held)."""
+        self._index = refresh(self._index, self.database)
+        return self._index
+
     def state(self) -> _State:
-        """Authorities, entries and bundle, re-read at most every ``cache_seconds``."""
+        """Authorities, entries and bundle, re-read at most every ``cache_seconds``.
+
+        Entries come from an index refreshed with the changes since its
+        revision: one single-row read when nothing changed.
+        """
         state = self._state
         if state is None or time.monotonic() - state.loaded_at >= self.cache_seconds:
             with self._lock:
@@ -177,18 +189,21 @@ class Issuer:
         spiffe_id: str | None,
         granted: str | None,
     ) -> tuple[_State, EntryView]:
-        """Match against cached entries; on a miss, re-read them once.
+        """Match in the entry index; on a miss, bring the index up to date once.
 
         An entry created a moment ago through another worker or replica is
         then found at once, while the hot path still reads nothing.
         """
         try:
-            return state, match(state.entries, selectors, now, spiffe_id, granted)
+            return state, state.entries.match(selectors, now, spiffe_id, granted)
         except (NoMatchingEntry, AmbiguousEntry):
             pass  # refusals are rare and rate-limited: worth one read to be sure
         with self._lock:
-            state = self._state = self._load()
-        return state, match(state.entries, selectors, now, spiffe_id, granted)
+            entries = self._refreshed_entries()
+            current = self._state or state
+            if current.entries is not entries:  # reloaded whole (the change log was cut)
+                current = self._state = replace(current, entries=entries)
+        return current, entries.match(selectors, now, spiffe_id, granted)
 
     def invalidate(self) -> None:
         """Forget cached state (after a change made in this process)."""

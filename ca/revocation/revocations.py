@@ -26,7 +26,7 @@ from idmint.ca.errors import (
     InvalidRevocationReason,
     InvalidSerial,
 )
-from idmint.ca.issuance.entries import EntryNotFound
+from idmint.ca.issuance.entries import EntryNotFound, record_change
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import CredentialKind, Entry, IssuedCredential, Revocation
@@ -176,6 +176,7 @@ def revoke_entry(
         session.execute(
             update(Entry).where(Entry.id == entry_id).values(disabled=True, updated_at=now)
         )
+        record_change(session, [entry_id], now)  # every worker's index sees it
         outstanding = list(
             session.scalars(
                 select(IssuedCredential)

@@ -74,6 +74,8 @@ def serve(
     socket_path.unlink(missing_ok=True)
     writer = WriterProcess(directory, server_dir / "writer.sock")
     writer.start()
+    from idmint.ca.server.worker import IdmintThreadWorker
+
     options = {
         # The master binds only the admin socket; each worker binds the HTTPS
         # port itself (see _bind_own_listener).
@@ -84,9 +86,15 @@ def serve(
         "control_socket": str(server_dir / "gunicorn.ctl"),
         "control_socket_mode": 0o600,
         "post_fork": lambda _arbiter, worker: _bind_own_listener(worker, host, port),
+        "post_worker_init": _warm_worker,
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        # gthread, with new connections kept off its threads until they
+        # send a request (ca/server/worker.py says why).
+        "worker_class": IdmintThreadWorker,
+        # Idle kept-alive connections, and new ones that finished their TLS
+        # handshake but sent no request yet, are closed after this long.
+        "keepalive": 5,
         "certfile": str(certfile),
         "keyfile": str(keyfile),
         # The app logs one structured line per request (ca/api/observe.py).
@@ -205,6 +213,32 @@ def _bind_own_listener(worker: Any, host: str, port: int) -> None:
     worker.log.info(
         "Listening at: %s (worker %s, its own SO_REUSEPORT socket)", listener, os.getpid()
     )
+
+
+def _warm_worker(worker: Any) -> None:
+    """gunicorn ``post_worker_init`` hook: open the CA state and read the entries now.
+
+    Otherwise the first request of each worker waits for it (seconds with
+    100,000 entries), and a worker that never served ``/readyz`` first
+    makes a caller wait after the server said it was ready.
+    """
+    import gc
+    import threading
+
+    app = worker.wsgi
+
+    def warm() -> None:
+        from idmint.ca.api.context import state
+
+        try:
+            with app.app_context():
+                state().service.issuer.state()
+        except Exception:  # the first request retries and reports it
+            worker.log.exception("could not open the CA state ahead of requests")
+            return
+        gc.freeze()  # the entry index lives as long as the worker (see context.py)
+
+    threading.Thread(target=warm, name="idmint-warm", daemon=True).start()
 
 
 _ssl_contexts: dict[tuple[int, int, int], Any] = {}

@@ -177,6 +177,34 @@ class Revocation(Base):
     not_after: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class EntryRevision(Base):
+    """One row: the revision of the registration entries, raised by every entry change.
+
+    Writers take this row's lock first (an UPDATE), so revisions commit in
+    the order they are numbered on PostgreSQL as on SQLite, and a reader
+    that has seen revision N can never later find a change numbered below N.
+    """
+
+    __tablename__ = "entry_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+
+
+class EntryChange(Base):
+    """The change log of the entries: revision N changed (or deleted) this entry.
+
+    Workers and replicas read it to refresh their entry index incrementally;
+    old rows are pruned, and a reader that fell behind the pruning reloads.
+    """
+
+    __tablename__ = "entry_changes"
+
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    entry_id: Mapped[str] = mapped_column(String(36))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class AuditEvent(Base):
     """An append-only, hash-chained audit record (see ca.audit)."""
 

@@ -7,6 +7,7 @@ needed to learn); the phases that act go through ``Issuer.issue_*`` itself.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -233,6 +234,36 @@ def test_a_ci_identity_attesting_from_another_ref_is_stepped_up(world: World) ->
     # ...but what it got cannot renew itself: the next one must attest afresh.
     with pytest.raises(StepUpRequired):
         world.issuer.issue_x509((), CSR, granted=svid.spiffe_id)
+
+
+def test_deny_reaches_another_workers_entry_index(
+    world: World, keystore: KeyStore, database_url: str, trust_domain: TrustDomain
+) -> None:
+    """The entry that ``deny`` disables is refused by another worker within its cache time.
+
+    The other worker checks no anomalies itself: what stops it is the
+    disabled entry reaching its entry index through the change log.
+    """
+    cache = 0.3
+    other = Database(database_url)
+    watcher = Issuer(
+        keystore, other, trust_domain, "https://idmint.test", cache_seconds=cache, clock=world.clock
+    )
+    try:
+        entry = _entry(world, "deny2", ("oidc:ci:repository:org/app",))
+        _learn_week(world, entry, selectors=CI_MAIN)
+        store.set_policy(world.database, entry.id, "tests", policy="deny")
+        world.clock.now = START + timedelta(days=7, hours=4)
+        assert watcher.issue_x509(CI_MAIN, CSR).spiffe_id == entry.spiffe_id  # warm
+        other_ref = ("oidc:ci:ref:refs/heads/evil", "oidc:ci:repository:org/app")
+        with pytest.raises(AnomalyDenied):
+            world.issuer.issue_x509(other_ref, CSR)
+        time.sleep(cache + 0.05)  # every state the watcher cached before has expired
+        with pytest.raises(NoMatchingEntry):
+            watcher.issue_x509(CI_MAIN, CSR)
+    finally:
+        watcher.close()
+        other.close()
 
 
 def test_a_new_audience_for_a_stable_service_is_observed(world: World) -> None:

@@ -96,6 +96,7 @@ def test_statuses_are_errors() -> None:
         (hsm.CryptokiError, 503),
         (ca.WriterUnavailable, 503),
         (ca.AuditChainBroken, 500),
+        (ca.CRLBuildError, 500),
         (attestation.AttestationError, 500),
         (attestation.AttestationUnavailable, 503),
         # The caller's input or rights.
