@@ -93,6 +93,7 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     ca.InvalidRevocationReason: _p(400, "invalid-revocation-reason"),
     ca.JoinTokenNotFound: _p(404, "join-token-not-found"),
     ca.WriterUnavailable: _p(503, "writer-unavailable"),
+    ca.DatabaseBusy: _p(503, "database-busy"),
     ca.AuditChainBroken: _p(500, "audit-chain-broken"),
     ca.Unauthenticated: _p(401, "unauthenticated"),
     ca.Forbidden: _p(403, "forbidden"),
