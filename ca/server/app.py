@@ -115,7 +115,7 @@ def serve(
         file=sys.stderr,
     )
     try:
-        _Gunicorn(config, str(writer.path), options).run()
+        _Gunicorn(config, str(writer.path), options, writer).run()
     finally:
         writer.stop()  # after the workers: it commits what they sent last
 
@@ -348,11 +348,33 @@ def _gunicorn_base() -> Any:
 class _Gunicorn(_gunicorn_base()):  # type: ignore[misc]
     """gunicorn with our options and the Flask app made in each worker."""
 
-    def __init__(self, config: Any, writer_socket: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, config: Any, writer_socket: str, options: dict[str, Any], writer: WriterProcess
+    ) -> None:
         self._config = config
         self._writer_socket = writer_socket
         self._options = options
+        self._writer = writer
         super().__init__()
+
+    def run(self) -> None:
+        from gunicorn.arbiter import Arbiter
+
+        writer = self._writer
+
+        class _Arbiter(Arbiter):
+            def reap_workers(self) -> None:
+                # gunicorn reaps every child with waitpid(-1): the writer's
+                # exit status would be lost (Popen then reads 0) and a writer
+                # killed by a signal would be logged as having exited cleanly.
+                writer.reap()
+                super().reap_workers()
+
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as error:
+            print(f"\nError: {error}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in self._options.items():

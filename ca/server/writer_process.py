@@ -9,6 +9,19 @@ from typing import Any
 from idmint.ca.server.errors import ServerError
 
 
+def describe_exit(returncode: int) -> str:
+    """``exited with status 1`` or ``was killed by signal SIGKILL (9)``, from Popen's code."""
+    if returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"was killed by signal {name} ({-returncode})"
+    return f"exited with status {returncode}"
+
+
 class WriterProcess:
     """The database writer process (idmint.ca.storage.writer) beside gunicorn's master.
 
@@ -79,20 +92,25 @@ class WriterProcess:
 
         def loop() -> None:
             while not self._stopping:
-                # gunicorn may reap them first; poll() then still says they exited.
                 time.sleep(0.1)
                 if self._stopping:
                     return
                 if self.process.poll() is not None:
                     arbiter.log.error(
-                        "the database writer exited (status %s); its standby takes over",
-                        self.process.returncode,
+                        "the database writer %s; its standby takes over",
+                        describe_exit(self.process.returncode),
                     )
                     self.process, self.standby = self.standby, None
                 if self.standby is None or self.standby.poll() is not None:
                     self.standby = self._spawn()
 
         threading.Thread(target=loop, name="idmint-writer-watch", daemon=True).start()
+
+    def reap(self) -> None:
+        """Collect the writer's and standby's exit status before gunicorn's waitpid(-1) does."""
+        for process in (self.process, self.standby):
+            if process is not None:
+                process.poll()
 
     def stop(self) -> None:
         import subprocess

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -203,3 +204,34 @@ def test_a_sha1_signed_csr_is_refused_for_its_hash(server: Server, tmp_path: Pat
     # The CSR is checked before the token is spent: it still works.
     body["csr"] = csr_pem(key)
     assert server.request("POST", "/v1/svid/x509", body)[0] == 201
+
+
+def test_a_killed_writer_is_logged_as_killed_not_as_a_clean_exit(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """gunicorn reaps every child; the writer's status must still reach the log."""
+    import os
+    import signal
+    import socket
+    import struct
+
+    from tests.server.conftest import init_data_dir, start_server
+
+    base = tmp_path_factory.mktemp("killed")
+    data = init_data_dir(base / "data")
+    running = start_server(data, base, "killed")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(data / "server" / "writer.sock"))
+            raw = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        os.kill(struct.unpack("3i", raw)[0], signal.SIGKILL)
+        log = base / "killed.log"
+        deadline = time.monotonic() + 20
+        while "standby takes over" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = log.read_text()
+        assert "the database writer was killed by signal SIGKILL (9)" in text, text
+        assert "exited with status 0" not in text
+    finally:
+        running.process.terminate()
+        running.process.wait(timeout=30)
