@@ -179,6 +179,10 @@ class CAConfig:
     crl_url: str | None = None
     ocsp_url: str | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: Seconds any wait for the database may take before the request gets a
+    #: 503 (``[database] timeout``): SQLite's busy timeout, PostgreSQL's
+    #: lock and connect timeouts.
+    database_timeout: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -227,6 +231,17 @@ def _int(section: dict[str, Any], key: str, default: int, where: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}") from None
+
+
+def _seconds(section: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = section.get(key, default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} must be a number of seconds, not {value!r}") from None
+    if not 0 < seconds <= 600:
+        raise ConfigError(f"{where}: {key} {seconds:g} is outside 0-600 seconds")
+    return seconds
 
 
 def load(data_dir: str | Path) -> CAConfig:
@@ -286,6 +301,7 @@ def load(data_dir: str | Path) -> CAConfig:
         crl_url=ca.get("crl_url"),
         ocsp_url=ca.get("ocsp_url"),
         limits=_limits(sections.get("limits", {}), str(path)),
+        database_timeout=_seconds(database, "timeout", 2.0, str(path)),
         extra={k: v for k, v in sections.items() if k not in ("ca", "hsm", "database", "limits")},
     )
 

@@ -167,6 +167,12 @@ class WriterUnavailable(CAError):
     code = "writer-unavailable"
 
 
+class DatabaseBusy(CAError):
+    """The database did not answer in time (locked by another process?); retry shortly."""
+
+    code = "database-busy"
+
+
 class AuditChainBroken(CAError):
     """``audit verify`` found the chain altered."""
 

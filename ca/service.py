@@ -42,7 +42,7 @@ class CAService:
             migrate(config.database_url)
         trust_domain = TrustDomain(config.trust_domain)
         keystore = KeyStore(config.hsm)
-        database = Database(config.database_url)
+        database = Database(config.database_url, timeout=config.database_timeout)
         try:
             ensure_authorities(
                 keystore,

@@ -46,7 +46,6 @@ def main(data_dir: str) -> None:
     while True:
         n += 1
         svid = service.issuer.issue_x509(["crash:test:1"], csr)
-        service.recorder.flush()
         revoke_credential(service.database, CredentialKind.X509, svid.serial, "crash")
         print(f"ACK revoke {svid.serial}", flush=True)
         kind = AuthorityKind.JWT if n % 2 else AuthorityKind.INTERMEDIATE

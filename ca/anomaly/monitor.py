@@ -32,6 +32,7 @@ from idmint.ca.anomaly.policy import Action, Settings, Signal, decide, rate_limi
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AnomalyBaseline
+from idmint.ca.storage.recorder import Issuance, RecordSink
 
 #: The caller's address for this request, set by the HTTP layer.
 REQUEST_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -46,12 +47,6 @@ class _Entry(Protocol):
 
     @property
     def spiffe_id(self) -> str: ...
-
-
-class _Recorder(Protocol):
-    def record(self, credential: dict[str, Any] | None, events: Sequence[audit.Event]) -> None: ...
-
-    def flush(self, timeout: float = 30.0) -> None: ...
 
 
 @dataclass(slots=True)
@@ -84,7 +79,7 @@ class AnomalyMonitor:
 
     database: Database
     settings: Settings
-    recorder: _Recorder
+    recorder: RecordSink
     revoke: Callable[..., Any] | None = None
     _cache: dict[str, _Cached] = field(default_factory=dict)
     _defaults: tuple[float, store.Defaults] | None = None
@@ -146,30 +141,33 @@ class AnomalyMonitor:
     ) -> None:
         for signal in found:
             metrics.DECISIONS.labels(action.label, signal.name).inc()
-        self.recorder.record(
-            None,
-            [
-                audit.Event(
-                    f"anomaly.{action.label}",
-                    entry.spiffe_id,
-                    ACTOR,
-                    outcome="success",
-                    detail={
-                        "entry": entry.id,
-                        "signals": [s.name for s in found],
-                        "reason": "; ".join(s.reason for s in found),
-                    },
-                    at=now,
-                )
-            ],
+        self.recorder.commit(
+            Issuance(
+                None,
+                None,
+                [
+                    audit.Event(
+                        f"anomaly.{action.label}",
+                        entry.spiffe_id,
+                        ACTOR,
+                        outcome="success",
+                        detail={
+                            "entry": entry.id,
+                            "signals": [s.name for s in found],
+                            "reason": "; ".join(s.reason for s in found),
+                        },
+                        at=now,
+                    )
+                ],
+            )
         )
 
     def _deny(self, entry: _Entry, baseline: Baseline, now: datetime) -> None:
         """Disable the entry and revoke what it holds, as ``idmint revoke entry`` does."""
         from idmint.ca.revocation.revocations import revoke_entry
 
-        # Credentials issued a moment ago must be on record to be revoked.
-        self.recorder.flush()
+        # Nothing to flush: every credential is on record before it leaves
+        # (ca/storage/recorder.py), so revoke_entry sees all of them.
         (self.revoke or revoke_entry)(
             self.database, entry.id, ACTOR, "unspecified", now=now, sweep_after=0
         )
@@ -254,7 +252,7 @@ class AnomalyMonitor:
 
 
 def from_config(
-    database: Database, section: Any, recorder: _Recorder, where: str = "idmint.toml"
+    database: Database, section: Any, recorder: RecordSink, where: str = "idmint.toml"
 ) -> AnomalyMonitor:
     """The monitor the ``[anomaly]`` section asks for."""
     return AnomalyMonitor(database, Settings.from_section(section, where), recorder)

@@ -25,6 +25,7 @@ from idmint.ca.api.limits import attestation_attempt, limit_identity
 from idmint.ca.api.observe import set_caller
 from idmint.ca.config import CAConfig
 from idmint.ca.service import CAService
+from idmint.ca.storage import spends
 from idmint.ca.storage.ledgers import JoinTokens, Nonces, UsedEvidenceLedger
 from idmint.ca.storage.writer import WriterClient
 
@@ -63,12 +64,16 @@ class APIState:
             set_caller(attested.subject)
             # Before the spend: a request over its identity's quota burns nothing.
             limit_identity(attested.spiffe_id or attested.subject)
-            self.used.spend(attested.replay_keys, now)
+            pending = spends.current()
+            if pending is not None:  # spent with the credential's record (ca/storage/spends.py)
+                pending.keys.extend(attested.replay_keys)
+            else:
+                self.used.spend(attested.replay_keys, now)
         return attested
 
 
 def build_attestors(
-    config: CAConfig, tokens: JoinTokenLedger, nonces: Nonces
+    config: CAConfig, tokens: JoinTokenLedger, nonces: Nonces | spends.DeferredNonces
 ) -> dict[str, Attestor]:
     """Join tokens always; OIDC, Kubernetes and x509pop when configured."""
     section: dict[str, Any] = dict(config.extra.get("attestation", {}) or {})
@@ -98,16 +103,24 @@ def state() -> APIState:
                 # Under `idmint server` the writer process makes the hot-path
                 # writes (ca/writer.py says why); elsewhere this process does.
                 socket_path = app.config.get("IDMINT_WRITER_SOCKET")
-                writer = WriterClient(Path(socket_path)) if socket_path else None
+                writer = (
+                    WriterClient(Path(socket_path), timeout=config.database_timeout + 3.0)
+                    if socket_path
+                    else None
+                )
                 service = CAService.open(config, run_migrations=False, recorder=writer)
                 from idmint.ca.api import metrics
 
                 service.keystore.sign_observer = metrics.HSM_SIGN_SECONDS.observe
+                service.issuer.refusals.observer = metrics.count_refusal
                 tokens = JoinTokens(service.database, service.trust_domain)
                 nonces = Nonces(service.database)
+                # Attestors check their single-use evidence; it is spent with
+                # the credential's record, in one transaction (spends.py).
+                ledger = spends.DeferredJoinTokens(service.database, writer or tokens)
                 found = APIState(
                     service=service,
-                    attestors=build_attestors(config, writer or tokens, nonces),
+                    attestors=build_attestors(config, ledger, spends.DeferredNonces(nonces)),
                     tokens=tokens,
                     nonces=nonces,
                     used=writer or UsedEvidenceLedger(service.database),

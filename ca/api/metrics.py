@@ -31,6 +31,11 @@ ISSUANCE_SECONDS = Histogram(
     ["type"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+REFUSED = Counter(
+    "idmint_refused_total",
+    "Refused requests (attestation, issuance, admin, rate limit) by action and reason",
+    ["action", "reason"],
+)
 HTTP_REQUESTS = Counter(
     "idmint_http_requests_total",
     "HTTP requests by method, route and status",
@@ -68,6 +73,10 @@ AUTHORITY_EXPIRY = Gauge(
     ["kind"],
     multiprocess_mode="min",
 )
+
+
+def count_refusal(action: str, reason: str) -> None:
+    REFUSED.labels(action, reason).inc()
 
 
 def render(authority_expiry: dict[str, float]) -> tuple[bytes, str]:

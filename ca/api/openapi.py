@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from idmint import __version__
+from idmint.ca.revocation.revocations import REASONS
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -48,24 +49,26 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+#: Every string the API takes is refused when empty; the schema says so.
+NON_EMPTY: dict[str, Any] = {"type": "string", "minLength": 1}
 ATTESTATION = {
     "type": "object",
     "required": ["type"],
     "properties": {
         "type": {"type": "string", "enum": ["join_token", "oidc", "k8s_psat", "x509pop"]},
-        "token": {"type": "string"},
-        "nonce": {"type": "string"},
-        "chain": {"type": "string"},
-        "signature": {"type": "string"},
+        "token": NON_EMPTY,
+        "nonce": NON_EMPTY,
+        "chain": NON_EMPTY,
+        "signature": NON_EMPTY,
     },
 }
 PROOF = {
     "type": "object",
     "required": ["chain", "timestamp", "signature"],
     "properties": {
-        "chain": {"type": "string", "description": "PEM chain of the current X509-SVID"},
+        "chain": {**NON_EMPTY, "description": "PEM chain of the current X509-SVID"},
         "timestamp": {"type": "integer"},
-        "signature": {"type": "string", "description": "base64 signature by the SVID key"},
+        "signature": {**NON_EMPTY, "description": "base64 signature by the SVID key"},
     },
 }
 ANOMALY_POLICY = {
@@ -102,7 +105,7 @@ X509_RESPONSE = {
 ENTRY = {
     "type": "object",
     "properties": {
-        "id": {"type": "string"},
+        "id": {"type": "string", "readOnly": True, "description": "set by the server"},
         "spiffe_id": {"type": "string"},
         "selectors": {"type": "array", "items": {"type": "string"}},
         "owner": {"type": "string"},
@@ -134,7 +137,7 @@ def document() -> dict[str, Any]:
                             "required": ["attestation", "csr"],
                             "properties": {
                                 "attestation": ATTESTATION,
-                                "csr": {"type": "string", "description": "PKCS#10, PEM"},
+                                "csr": {**NON_EMPTY, "description": "PKCS#10, PEM"},
                                 "spiffe_id": {"type": "string"},
                             },
                         }
@@ -149,7 +152,7 @@ def document() -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["proof", "csr"],
-                            "properties": {"proof": PROOF, "csr": {"type": "string"}},
+                            "properties": {"proof": PROOF, "csr": NON_EMPTY},
                         }
                     ),
                     "responses": {"201": _json(X509_RESPONSE, "Issued"), **_problems(*_ISSUE)},
@@ -162,7 +165,7 @@ def document() -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["chain"],
-                            "properties": {"chain": {"type": "string"}},
+                            "properties": {"chain": NON_EMPTY},
                         }
                     ),
                     "responses": {
@@ -188,8 +191,8 @@ def document() -> dict[str, Any]:
                                 "proof": PROOF,
                                 "audience": {
                                     "oneOf": [
-                                        {"type": "string"},
-                                        {"type": "array", "items": {"type": "string"}},
+                                        NON_EMPTY,
+                                        {"type": "array", "items": NON_EMPTY, "minItems": 1},
                                     ]
                                 },
                                 "spiffe_id": {"type": "string"},
@@ -428,6 +431,29 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/ocsp/{request}": {
+                "get": {
+                    "summary": "OCSP (RFC 6960 appendix A.1): base64 DER request in the path",
+                    "parameters": [
+                        {
+                            "name": "request",
+                            "in": "path",
+                            "required": True,
+                            "schema": NON_EMPTY,
+                            "description": "base64 (URL-encoded) DER OCSPRequest",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "DER OCSP response (may be unsuccessful)",
+                            "content": {
+                                "application/ocsp-response": {"schema": {"type": "string"}}
+                            },
+                        },
+                        **_problems(*_COMMON),
+                    },
+                }
+            },
             "/v1/svid/jwt/validate": {
                 "post": {
                     "summary": "Validate a JWT-SVID for an audience (honours revocations)",
@@ -435,10 +461,7 @@ def document() -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["token", "audience"],
-                            "properties": {
-                                "token": {"type": "string"},
-                                "audience": {"type": "string"},
-                            },
+                            "properties": {"token": NON_EMPTY, "audience": NON_EMPTY},
                         }
                     ),
                     "responses": {
@@ -464,7 +487,11 @@ def document() -> dict[str, Any]:
                                 "serial": {"type": "string"},
                                 "jti": {"type": "string"},
                                 "entry_id": {"type": "string"},
-                                "reason": {"type": "string"},
+                                "reason": {
+                                    "type": "string",
+                                    "enum": sorted(REASONS),
+                                    "default": "unspecified",
+                                },
                             },
                         }
                     ),

@@ -94,6 +94,7 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     ca.CRLBuildError: _p(500, "crl-build-failed"),
     ca.JoinTokenNotFound: _p(404, "join-token-not-found"),
     ca.WriterUnavailable: _p(503, "writer-unavailable"),
+    ca.DatabaseBusy: _p(503, "database-busy"),
     ca.AuditChainBroken: _p(500, "audit-chain-broken"),
     ca.Unauthenticated: _p(401, "unauthenticated"),
     ca.Forbidden: _p(403, "forbidden"),

@@ -74,7 +74,12 @@ def _ocsp(request_der: bytes) -> Response:
 @blueprint.post("/v1/ocsp")
 def ocsp_post() -> Any:
     """RFC 6960 over HTTP POST (application/ocsp-request)."""
-    return _ocsp(request.get_data())
+    der = request.get_data()
+    if not der:
+        raise BadRequest(
+            "the body must be a DER OCSP request (Content-Type: application/ocsp-request)"
+        )
+    return _ocsp(der)
 
 
 @blueprint.get("/v1/ocsp/<path:encoded>")
@@ -100,6 +105,14 @@ def validate_jwt() -> Any:
     claims = validate_jwt_svid(
         token, audience, jwks_keys(bundle.jwks()), service.trust_domain, datetime.now(UTC)
     )
+    # What this CA puts in every JWT-SVID it signs: anything else was not
+    # made by this server's issuance, and without a jti it cannot be revoked.
+    if claims.get("iss") != service.issuer.issuer_url:
+        raise InvalidJWTSVID(
+            f"JWT-SVID iss {claims.get('iss')!r} is not this server ({service.issuer.issuer_url})"
+        )
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise InvalidJWTSVID("JWT-SVID has no jti, so it could not be revoked: refused")
     with service.database.session() as session:
         denied = session.scalar(
             select(Revocation.id)

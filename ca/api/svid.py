@@ -16,6 +16,7 @@ from idmint.ca.api.observe import set_caller
 from idmint.ca.errors import BadRequest
 from idmint.ca.issuance.issuer import X509SVID
 from idmint.ca.issuance.pop import issuer_kid, jwt_payload, verify_proof
+from idmint.ca.storage import spends
 from idmint.ca.x509.csr import check_csr
 from idmint.errors import IdmintError
 
@@ -78,24 +79,27 @@ def x509_svid() -> Any:
     csr = _text(data, "csr")
     spiffe_id = _text(data, "spiffe_id", required=False)
     api = state()
-    # The CSR first: a malformed one must not burn single-use evidence.
+    # The CSR first: a malformed one must not burn single-use evidence. Input
+    # that attests nothing is counted, not audited (anyone can send it).
     try:
         checked = check_csr((csr or "").encode("ascii", "replace"))
     except IdmintError as error:
-        api.service.issuer.refuse("x509-svid.issue", request.remote_addr or "-", error, ())
+        metrics.count_refusal("x509-svid.csr", error.code)
         raise
-    attested = api.attest(data.get("attestation"))
-    svid = _observe(
-        "x509",
-        lambda: api.service.issuer.issue_x509(
-            attested.selectors,
-            (csr or "").encode("ascii", "replace"),
-            spiffe_id,
-            actor=attested.subject,
-            granted=attested.spiffe_id,
-            checked=checked,
-        ),
-    )
+    with spends.collecting(datetime.now(UTC)) as spend:
+        attested = api.attest(data.get("attestation"), spend.now)
+        svid = _observe(
+            "x509",
+            lambda: api.service.issuer.issue_x509(
+                attested.selectors,
+                (csr or "").encode("ascii", "replace"),
+                spiffe_id,
+                actor=attested.subject,
+                granted=attested.spiffe_id,
+                checked=checked,
+                spend=spend,
+            ),
+        )
     return jsonify(_x509_response(svid)), 201
 
 
@@ -107,21 +111,21 @@ def jwt_svid() -> Any:
     audiences = _audiences(data)
     spiffe_id = _text(data, "spiffe_id", required=False)
     api = state()
-    now = datetime.now(UTC)
-    if "proof" in data:
-        proven = _prove(data["proof"], "jwt-svid", jwt_payload(audiences), now)
-        selectors: tuple[str, ...] = ()
-        actor, granted = f"svid:{proven}", proven
-        granted_id: str | None = granted
-    else:
-        attested = api.attest(data.get("attestation"), now)
-        selectors, actor, granted_id = attested.selectors, attested.subject, attested.spiffe_id
-    svid = _observe(
-        "jwt",
-        lambda: api.service.issuer.issue_jwt(
-            selectors, audiences, spiffe_id, actor=actor, granted=granted_id
-        ),
-    )
+    with spends.collecting(datetime.now(UTC)) as spend:
+        if "proof" in data:
+            proven = _prove(data["proof"], "jwt-svid", jwt_payload(audiences), spend)
+            selectors: tuple[str, ...] = ()
+            actor, granted = f"svid:{proven}", proven
+            granted_id: str | None = granted
+        else:
+            attested = api.attest(data.get("attestation"), spend.now)
+            selectors, actor, granted_id = attested.selectors, attested.subject, attested.spiffe_id
+        svid = _observe(
+            "jwt",
+            lambda: api.service.issuer.issue_jwt(
+                selectors, audiences, spiffe_id, actor=actor, granted=granted_id, spend=spend
+            ),
+        )
     return jsonify(
         {
             "spiffe_id": svid.spiffe_id,
@@ -131,8 +135,11 @@ def jwt_svid() -> Any:
     ), 201
 
 
-def _prove(proof: Any, purpose: str, payload: bytes, now: datetime) -> str:
-    """Verify a proof of possession and spend it; return the proven SPIFFE ID."""
+def _prove(proof: Any, purpose: str, payload: bytes, spend: spends.Spend) -> str:
+    """Verify a proof of possession; return the proven SPIFFE ID.
+
+    The proof is spent with the credential it pays for (``spend``).
+    """
     api = state()
     issuer = api.service.issuer
     with attestation_attempt():
@@ -141,13 +148,13 @@ def _prove(proof: Any, purpose: str, payload: bytes, now: datetime) -> str:
             purpose,
             payload,
             issuer.bundle().roots,
-            now,
+            spend.now,
             is_revoked=issuer.is_revoked,
         )
         check_issuers(issuer, proven)
         set_caller(f"svid:{proven.spiffe_id}")
         limit_identity(proven.spiffe_id)  # before the spend: a refusal burns nothing
-        api.used.spend([proven.replay_key], now)
+        spend.keys.append(proven.replay_key)
     return proven.spiffe_id
 
 
@@ -214,16 +221,20 @@ def renew() -> Any:
     csr = _text(data, "csr")
     assert csr is not None
     api = state()
-    now = datetime.now(UTC)
     if "proof" not in data:
         raise AttestationFailed("renewal needs 'proof': a signature by the current SVID's key")
-    spiffe_id = _prove(data["proof"], "x509-renew", csr.encode("ascii", "replace"), now)
-    svid = _observe(
-        "x509-renew",
-        lambda: api.service.issuer.issue_x509(
-            (), csr.encode("ascii", "replace"), actor=f"svid:{spiffe_id}", granted=spiffe_id
-        ),
-    )
+    with spends.collecting(datetime.now(UTC)) as spend:
+        spiffe_id = _prove(data["proof"], "x509-renew", csr.encode("ascii", "replace"), spend)
+        svid = _observe(
+            "x509-renew",
+            lambda: api.service.issuer.issue_x509(
+                (),
+                csr.encode("ascii", "replace"),
+                actor=f"svid:{spiffe_id}",
+                granted=spiffe_id,
+                spend=spend,
+            ),
+        )
     return jsonify(_x509_response(svid)), 201
 
 

@@ -59,6 +59,7 @@ def issue_server_tls(
     certificate = server_certificate(
         key.public_key(), issuer, dns_names, ip_addresses, now, issuer.not_valid_after_utc
     ).sign(issuer_key, signature_hash(issuer_key.public_key()))
+    _record(database, certificate, intermediate.id, trust_domain, now)
     paths = ServerTLS(directory / "tls.pem", directory / "tls.key", directory / "bundle.pem")
     _write_private(
         paths.keyfile,
@@ -74,3 +75,47 @@ def issue_server_tls(
     paths.certfile.write_bytes(chain)
     paths.bundle.write_text(load_bundle(database, trust_domain).pem(), encoding="ascii")
     return paths
+
+
+def _record(
+    database: Database,
+    certificate: x509.Certificate,
+    authority_id: int,
+    trust_domain: str,
+    now: datetime,
+) -> None:
+    """Record and audit the certificate before it is written out (revocable, OCSP ``good``).
+
+    It is no SVID, so no SPIFFE ID of a workload: the row names the server
+    itself under the trust domain's reserved ``/idmint/`` path.
+    """
+    from idmint.ca.storage import audit
+    from idmint.ca.storage.models import CredentialKind
+    from idmint.ca.storage.recorder import Issuance, Recorder
+
+    serial = format(certificate.serial_number, "x")
+    subject = f"spiffe://{trust_domain}/idmint/server-tls"
+    not_after = certificate.not_valid_after_utc
+    Recorder(database).commit(
+        Issuance(
+            None,
+            {
+                "kind": CredentialKind.X509,
+                "identifier": serial,
+                "spiffe_id": subject,
+                "entry_id": None,
+                "authority_id": authority_id,
+                "issued_at": now,
+                "not_after": not_after,
+            },
+            (
+                audit.Event(
+                    "server-tls.issue",
+                    subject,
+                    "server",
+                    detail={"serial": serial, "not_after": not_after},
+                    at=now,
+                ),
+            ),
+        )
+    )

@@ -2,7 +2,9 @@
 
 Given selectors an attestor has verified and a CSR (or audiences), pick the
 registration entry, issue the SVID with the active authority's HSM key,
-record it and audit it. Refusals are audited too.
+record it and audit it (committed with the spend of the request's
+single-use evidence, before the SVID is signed). Refusals are audited too,
+aggregated per source and minute.
 
 Active authorities, entries and the bundle are read from the database and
 kept for ``cache_seconds`` (default 1 s): every replica sees a change within
@@ -11,6 +13,7 @@ that time, and the hot path does no query. One HSM signature per credential.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +36,9 @@ from idmint.ca.spiffe_id import TrustDomain
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import Authority, AuthorityKind, CredentialKind, Revocation
-from idmint.ca.storage.recorder import Recorder, RecordSink
+from idmint.ca.storage.recorder import Issuance, Recorder, RecordSink
+from idmint.ca.storage.refusals import RefusalLog
+from idmint.ca.storage.spends import Spend
 from idmint.ca.x509.csr import CheckedCSR, check_csr, check_requested_names
 from idmint.ca.x509.profiles import random_serial, signature_hash
 from idmint.ca.x509.x509svid import leaf_certificate, svid_window
@@ -42,6 +47,7 @@ from idmint.hsm import KeyStore
 from idmint.hsm.keys import AnyHSMKey
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,7 @@ class Issuer:
         self.issuer_url = issuer_url
         self.recorder: RecordSink = recorder or Recorder(database)
         self._owns_recorder = recorder is None
+        self.refusals = RefusalLog(self.recorder)
         self.cache_seconds = cache_seconds
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.crl_url = crl_url
@@ -128,6 +135,7 @@ class Issuer:
         self._index: EntryIndex | None = None
 
     def close(self) -> None:
+        self.refusals.close()
         if self._owns_recorder:
             self.recorder.close()
 
@@ -234,29 +242,51 @@ class Issuer:
     # -- issuance ------------------------------------------------------------
 
     def refuse(self, action: str, actor: str, error: IdmintError, selectors: Iterable[str]) -> None:
-        """Audit a refused request (recorded with the issuance records)."""
-        self._refused(action, actor, error, selectors)
+        """Audit a refused request, aggregated per source and minute (see :mod:`refusals`)."""
+        self.refusals.refused(action, actor, error, selectors)
 
-    def _refused(
-        self, action: str, actor: str, error: IdmintError, selectors: Iterable[str]
-    ) -> None:
-        self.recorder.record(
-            None,
-            [
-                audit.Event(
-                    action,
-                    "-",
-                    actor,
-                    outcome="refused",
-                    detail={
-                        "error": type(error).__name__,
-                        "reason": str(error)[:500],
-                        "selectors": sorted(selectors),
-                    },
-                    at=self.clock(),
+    def _signed(
+        self,
+        spend: Spend | None,
+        credential: dict[str, Any],
+        event: audit.Event,
+        sign: Callable[[], Any],
+        action: str,
+        detail: dict[str, Any],
+    ) -> Any:
+        """Spend, record and audit in one transaction; sign meanwhile; return once committed.
+
+        The record is sent before signing starts and the signature is
+        returned only after the commit was confirmed, so nothing leaves
+        unrecorded; the HSM signature and the commit overlap instead of
+        adding up. If the commit is refused (evidence replayed, database
+        away) the signature is thrown away unseen.
+        """
+        settle = self.recorder.begin(Issuance(spend, credential, (event,)))
+        try:
+            signed = sign()
+        except Exception:
+            try:
+                settle()
+            except IdmintError:
+                raise  # not recorded: nothing to mark
+            self._unsigned(action, event.subject, event.actor, detail)
+            raise
+        settle()
+        return signed
+
+    def _unsigned(self, action: str, subject: str, actor: str, detail: dict[str, Any]) -> None:
+        """Mark a recorded credential whose signing failed (nobody holds it; harmless)."""
+        try:
+            self.recorder.commit(
+                Issuance(
+                    None,
+                    None,
+                    (audit.Event(action, subject, actor, "failed", detail, self.clock()),),
                 )
-            ],
-        )
+            )
+        except IdmintError:
+            log.exception("could not audit an unsigned credential %s", detail)
 
     def issue_x509(
         self,
@@ -266,8 +296,13 @@ class Issuer:
         actor: str = "workload",
         granted: str | None = None,
         checked: CheckedCSR | None = None,
+        spend: Spend | None = None,
     ) -> X509SVID:
-        """An X509-SVID for the entry the selectors match, from the workload's CSR."""
+        """An X509-SVID for the entry the selectors match, from the workload's CSR.
+
+        ``spend`` (the request's single-use evidence) is spent in the
+        transaction that records the SVID, committed before it is signed.
+        """
         try:
             checked = checked or check_csr(csr)
             state = self.state()
@@ -280,7 +315,7 @@ class Issuer:
                 now, timedelta(seconds=entry.x509_ttl_seconds), ca.certificate.not_valid_after_utc
             )
             serial = random_serial()
-            certificate = leaf_certificate(
+            builder = leaf_certificate(
                 checked.public_key,
                 entry.spiffe_id,
                 entry.dns_names,
@@ -290,12 +325,13 @@ class Issuer:
                 serial,
                 crl_url=self.crl_url,
                 ocsp_url=self.ocsp_url,
-            ).sign(ca.key, ca.hash)
+            )
         except IdmintError as error:
-            self._refused("x509-svid.issue", actor, error, selectors)
+            self.refuse("x509-svid.issue", actor, error, selectors)
             raise
         serial_hex = format(serial, "x")
-        self.recorder.record(
+        certificate = self._signed(
+            spend,
             {
                 "kind": CredentialKind.X509,
                 "identifier": serial_hex,
@@ -305,15 +341,16 @@ class Issuer:
                 "issued_at": now,
                 "not_after": not_after,
             },
-            [
-                audit.Event(
-                    "x509-svid.issue",
-                    entry.spiffe_id,
-                    actor,
-                    detail={"serial": serial_hex, "entry": entry.id, "not_after": not_after},
-                    at=now,
-                )
-            ],
+            audit.Event(
+                "x509-svid.issue",
+                entry.spiffe_id,
+                actor,
+                detail={"serial": serial_hex, "entry": entry.id, "not_after": not_after},
+                at=now,
+            ),
+            lambda: builder.sign(ca.key, ca.hash),
+            "x509-svid.sign",
+            {"serial": serial_hex},
         )
         leaf_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
         return X509SVID(
@@ -332,8 +369,12 @@ class Issuer:
         spiffe_id: str | None = None,
         actor: str = "workload",
         granted: str | None = None,
+        spend: Spend | None = None,
     ) -> JWTSVID:
-        """A JWT-SVID for the matched entry, for ``audiences`` the entry allows."""
+        """A JWT-SVID for the matched entry, for ``audiences`` the entry allows.
+
+        Recorded with ``spend`` before it is signed, as :meth:`issue_x509`.
+        """
         try:
             state = self.state()
             now = self.clock()
@@ -355,12 +396,12 @@ class Issuer:
                 timedelta(seconds=entry.jwt_ttl_seconds),
                 not_after_cap=jwt.row.not_after,
             )
-            token = encode_jwt_svid(jwt.sign, jwt.alg, jwt.row.kid, claims)
         except IdmintError as error:
-            self._refused("jwt-svid.issue", actor, error, selectors)
+            self.refuse("jwt-svid.issue", actor, error, selectors)
             raise
         expires_at = datetime.fromtimestamp(claims["exp"], UTC)
-        self.recorder.record(
+        token = self._signed(
+            spend,
             {
                 "kind": CredentialKind.JWT,
                 "identifier": claims["jti"],
@@ -370,15 +411,16 @@ class Issuer:
                 "issued_at": now,
                 "not_after": expires_at,
             },
-            [
-                audit.Event(
-                    "jwt-svid.issue",
-                    entry.spiffe_id,
-                    actor,
-                    detail={"jti": claims["jti"], "aud": list(audiences), "entry": entry.id},
-                    at=now,
-                )
-            ],
+            audit.Event(
+                "jwt-svid.issue",
+                entry.spiffe_id,
+                actor,
+                detail={"jti": claims["jti"], "aud": list(audiences), "entry": entry.id},
+                at=now,
+            ),
+            lambda: encode_jwt_svid(jwt.sign, jwt.alg, jwt.row.kid, claims),
+            "jwt-svid.sign",
+            {"jti": claims["jti"]},
         )
         return JWTSVID(
             spiffe_id=entry.spiffe_id,

@@ -25,6 +25,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from idmint.attestation.base import AttestationFailed
@@ -38,6 +43,7 @@ __all__ = [
     "ProvenSVID",
     "issuer_kid",
     "jwt_payload",
+    "replay_digest",
     "statement",
     "verify_proof",
 ]
@@ -104,12 +110,7 @@ def verify_proof(
     serial = format(leaf.serial_number, "x")
     if is_revoked(serial):
         raise AttestationFailed(f"the SVID with serial {serial} is revoked")
-    # The one-time key is what was proven, not the signature bytes: an ECDSA
-    # signature (r, s) has a second valid form (r, n - s), so keying on the
-    # signature would let a captured proof be replayed once more.
-    message = statement(purpose, timestamp, payload)
-    proven = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER) + message)
-    key = "pop:" + proven.hexdigest()
+    key = "pop:" + replay_digest(leaf, statement(purpose, timestamp, payload), signature)
     root_kid = issuer_kid(chain[1]) if len(chain) > 1 else None
     return ProvenSVID(
         uris[0],
@@ -119,6 +120,48 @@ def verify_proof(
         issuer_kid(leaf),
         root_kid,
     )
+
+
+#: Group orders of the curves an SVID key may use (SEC 2, section 2.4).
+_ORDERS = {
+    "secp256r1": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "secp384r1": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
+        "581A0DB248B0A77AECEC196ACCC52973",
+        16,
+    ),
+    "secp521r1": int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+        "FA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
+}
+
+
+def replay_digest(leaf: x509.Certificate, message: bytes, signature: bytes) -> str:
+    """The once-only key of a proof: the SVID, what it signed, and the signature, canonical.
+
+    Keyed on the signature so that two proofs made separately in the same
+    second are two proofs (they used to collide: the timestamp has
+    one-second granularity). An ECDSA signature (r, s) has a second valid
+    form (r, n - s), so s is taken as the smaller of the two: a captured
+    proof re-encoded is still the same proof. RSA PKCS#1 v1.5 signatures
+    are deterministic: two proofs of the same request in the same second
+    are the same bytes, indistinguishable from a replay, and refused as one.
+    """
+    canonical = signature
+    public_key = leaf.public_key()
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        order = _ORDERS.get(public_key.curve.name)
+        try:
+            r, s = decode_dss_signature(signature)
+        except ValueError:
+            r, s = 0, 0  # verified already; cannot happen
+        if order is not None:
+            s = min(s, order - s)
+        canonical = encode_dss_signature(r, s)
+    material = leaf.public_bytes(serialization.Encoding.DER) + message + b"\0" + canonical
+    return hashlib.sha256(material).hexdigest()
 
 
 def issuer_kid(certificate: x509.Certificate) -> str | None:

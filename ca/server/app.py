@@ -47,12 +47,19 @@ def serve(
     config = load(directory)
     if rate_limit is not None:
         config = with_rate_limit(config, rate_limit)
-    check_free(host, port)  # before anything is written
     server_dir = directory / "server"
+    # One server per directory, then a free port, both before anything is
+    # written: a second `idmint server` with the same --listen is told about
+    # the first server, not only that the port is taken.
+    lock = hold_server_lock(server_dir) if (server_dir / LOCK_NAME).exists() else None
+    check_free(host, port)
     server_dir.mkdir(mode=0o700, exist_ok=True)
+    _lock = lock if lock is not None else hold_server_lock(server_dir)  # held until exit
+    os.umask(0o077)  # everything this server writes is its user's only
+    private_files(directory)
     metrics_dir = server_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir()
+    metrics_dir.mkdir(mode=0o700)
     # Before anything imports prometheus_client: workers share metrics through files.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from idmint.ca.api.limits import Limiter  # imports prometheus_client: not before
@@ -116,7 +123,7 @@ def serve(
         file=sys.stderr,
     )
     try:
-        _Gunicorn(config, str(writer.path), options).run()
+        _Gunicorn(config, str(writer.path), options, writer).run()
     finally:
         writer.stop()  # after the workers: it commits what they sent last
 
@@ -126,6 +133,49 @@ def with_rate_limit(config: Any, rate_limit: str) -> Any:
     from dataclasses import replace
 
     return replace(config, limits=config.limits.with_rate_limit(rate_limit))
+
+
+LOCK_NAME = "server.lock"
+
+
+def private_files(directory: Path) -> None:
+    """The database (with its -wal and -shm) and the configuration: 0600.
+
+    SQLite gives -wal and -shm the database file's mode when it makes them.
+    """
+    from idmint.ca.config import CONFIG_NAME, DATABASE_NAME
+
+    for name in (CONFIG_NAME, DATABASE_NAME, f"{DATABASE_NAME}-wal", f"{DATABASE_NAME}-shm"):
+        path = directory / name
+        if path.exists():
+            path.chmod(0o600)
+
+
+def hold_server_lock(server_dir: Path) -> int:
+    """One server per data directory: an flock on DIR/server/server.lock, or ServerError.
+
+    Taken before anything in the directory is touched (admin.sock,
+    writer.sock, the TLS files): a second server replacing them left the
+    first answering 503 for good. The kernel releases the lock when the
+    process ends, however it ends, so a crashed server never blocks the
+    next one. The file holds the holder's PID, for the message.
+    """
+    import fcntl
+
+    path = server_dir / LOCK_NAME
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(descriptor)
+        raise ServerError(
+            f"another idmint server (pid {holder}) is running on {server_dir.parent}; "
+            "stop it first, or use another --data-dir"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+    return descriptor
 
 
 def prepare(config: Any, server_dir: Path | None, names: list[str]) -> tuple[Path, Path]:
@@ -332,11 +382,33 @@ def _gunicorn_base() -> Any:
 class _Gunicorn(_gunicorn_base()):  # type: ignore[misc]
     """gunicorn with our options and the Flask app made in each worker."""
 
-    def __init__(self, config: Any, writer_socket: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, config: Any, writer_socket: str, options: dict[str, Any], writer: WriterProcess
+    ) -> None:
         self._config = config
         self._writer_socket = writer_socket
         self._options = options
+        self._writer = writer
         super().__init__()
+
+    def run(self) -> None:
+        from gunicorn.arbiter import Arbiter
+
+        writer = self._writer
+
+        class _Arbiter(Arbiter):
+            def reap_workers(self) -> None:
+                # gunicorn reaps every child with waitpid(-1): the writer's
+                # exit status would be lost (Popen then reads 0) and a writer
+                # killed by a signal would be logged as having exited cleanly.
+                writer.reap()
+                super().reap_workers()
+
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as error:
+            print(f"\nError: {error}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in self._options.items():

@@ -239,13 +239,15 @@ class UsedEvidenceLedger:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def spend(self, keys: Iterable[tuple[str, datetime]], now: datetime) -> None:
+    def spend(
+        self, keys: Iterable[tuple[str, datetime]], now: datetime, timeout: float | None = None
+    ) -> None:
         rows = [{"key": key[:255], "used_at": now, "expires_at": exp} for key, exp in keys]
         if not rows:
             return
         try:
-            with self.database.session() as session:
-                session.execute(insert(UsedEvidence), rows)
+            with self.database.connection(timeout) as connection:
+                connection.execute(insert(UsedEvidence), rows)
         except IntegrityError:
             raise EvidenceReplayed(
                 "this evidence was already used; get a fresh token from your platform"

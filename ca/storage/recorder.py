@@ -1,40 +1,39 @@
-"""Recording issued credentials and their audit events off the hot path.
+"""Recording issued credentials durably, in the transaction that spends their evidence.
 
-An issuance costs one HSM signature (~75 µs on SoftHSM); a database commit
-per issuance would cost more than that. The recorder buffers each
-issuance's row and audit events, and a background thread writes them every
-20 ms in one transaction (group commit). ``flush()`` waits until
-everything recorded so far is committed; ``close()`` flushes. The buffer is
-bounded, so a database that falls behind slows issuance down instead of
-growing memory.
+DESIGN.md: a credential the CA cannot revoke or answer OCSP for must never
+exist. So no credential leaves the server before its issued_credentials row
+and its audit event are committed, and they are committed in the same
+transaction as the spend of the request's single-use evidence (join token,
+nonce, OIDC jti, renewal proof; :mod:`idmint.ca.storage.spends`): one write
+per issuance, as before, now carrying the record too.
 
-Why 20 ms: a transaction costs ~0.2-0.3 ms however few rows it holds, and
-each row ~50 us; at 5 ms the fixed part was most of the recorder's time
-(benchmarks/http.py).
+Until 2026-12 records were written behind issuance, every 20 ms, and a batch
+the database refused five times was dropped: a fault trial lost 10-15 of
+every few thousand SVIDs (kill -9 of the writer, the database made
+immutable), which then read ``unknown`` in OCSP and could not be revoked.
 
-Why a buffer swapped on a timer rather than a queue: a queue wakes the
-writer thread on every item, and on CPython each wake-up fights the issuing
-threads for the GIL; measured, that doubled the cost of a JWT-SVID.
-
-What is at stake if the process dies before a flush: the records of the
-credentials issued in the last 20 ms. Those credentials are
-still short-lived and revocable by serial or jti (the CRL and denylist need
-no issuance record). Admin changes and revocations never go through here:
-they commit synchronously, in the same transaction as their audit event.
+Commits are grouped: whoever finds no commit in progress commits everything
+waiting (its own and what arrived meanwhile) and wakes the others, so a
+busy process pays one transaction for many issuances without any timer.
+The server's writer process (:mod:`idmint.ca.storage.writer`) groups the
+same way across workers.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
+from idmint.attestation.base import AttestationFailed, EvidenceReplayed
 from idmint.ca.storage import audit
-from idmint.ca.storage.db import Database, bulk_insert, time_binder
+from idmint.ca.storage.db import Database, bulk_insert, driver_sql, time_binder
+from idmint.ca.storage.spends import Spend
+from idmint.errors import IdmintError
 
 log = logging.getLogger(__name__)
 
@@ -47,92 +46,82 @@ _CREDENTIAL_COLUMNS = (
     "issued_at",
     "not_after",
 )
-_Item = tuple[dict[str, Any] | None, Sequence[audit.Event]]
+
+
+@dataclass(frozen=True)
+class Issuance:
+    """One unit of the issuance log: what it spends, its record, its audit events."""
+
+    spend: Spend | None
+    credential: dict[str, Any] | None
+    events: Sequence[audit.Event]
 
 
 class RecordSink(Protocol):
     """Where issuance records go: a :class:`Recorder`, or the server's writer process."""
 
-    def record(self, credential: dict[str, Any] | None, events: Sequence[audit.Event]) -> None: ...
+    def commit(self, item: Issuance) -> None:
+        """Spend, record and audit ``item`` in one transaction; raise if refused or not done."""
+        ...
 
-    def flush(self, timeout: float = 30.0) -> None: ...
+    def begin(self, item: Issuance) -> Callable[[], None]:
+        """Start :meth:`commit`; the callable returned waits for it (raising as commit does)."""
+        ...
 
     def close(self) -> None: ...
 
 
-class Recorder:
-    """Write-behind of issuance records with group commit."""
+# -- the transaction ----------------------------------------------------------
 
-    def __init__(
-        self,
-        database: Database,
-        interval: float = 0.02,
-        max_buffer: int = 50_000,
-    ) -> None:
-        self.database = database
-        self.interval = interval
-        self.max_buffer = max_buffer
-        self._buffer: list[_Item] = []
-        self._lock = threading.Lock()
-        self._done = threading.Condition()
-        self._recorded = 0  # items handed to record()
-        self._written = 0  # items committed (or given up on)
-        self._failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="idmint-recorder", daemon=True)
-        self._thread.start()
-
-    @property
-    def failures(self) -> int:
-        """Batches that could not be written (each was retried first)."""
-        return self._failures
-
-    def record(self, credential: dict[str, Any] | None, events: Sequence[audit.Event]) -> None:
-        """Buffer one credential row (IssuedCredential columns) and its audit events."""
-        while len(self._buffer) >= self.max_buffer and self._thread.is_alive():
-            time.sleep(self.interval)  # back-pressure: the database is behind
-        with self._lock:
-            self._buffer.append((credential, events))
-            self._recorded += 1
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything recorded before this call is committed."""
-        target = self._recorded
-        with self._done:
-            if not self._done.wait_for(lambda: self._written >= target, timeout):
-                raise TimeoutError("the recorder did not flush in time; is the database up?")
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self.flush()
-            self._stop.set()
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            time.sleep(self.interval)
-            with self._lock:
-                batch, self._buffer = self._buffer, []
-            if batch:
-                self._write(batch)
-                with self._done:
-                    self._written += len(batch)
-                    self._done.notify_all()
-
-    def _write(self, batch: list[_Item]) -> None:
-        for attempt in range(5):
-            try:
-                with self.database.connection() as connection:
-                    write_batch(connection, batch)
-                return
-            except Exception:
-                log.exception("recording %d issuances failed (attempt %d)", len(batch), attempt + 1)
-                time.sleep(0.05 * 2**attempt)
-        self._failures += 1
+_SPEND_TOKEN = (
+    "UPDATE join_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
+    " AND revoked = FALSE AND expires_at > ? RETURNING id"
+)
+_SPEND_NONCE = (
+    "UPDATE nonces SET used_at = ? WHERE value = ? AND used_at IS NULL AND expires_at > ?"
+)
+_SPEND_KEY = (
+    "INSERT INTO used_evidence (key, used_at, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+)
 
 
-def write_batch(connection: Connection, batch: Sequence[_Item]) -> None:
-    """Insert a batch of issuance records and chain their audit events, in one transaction."""
+def _spend(connection: Connection, cursor: Any, spend: Spend) -> str | None:
+    """Spend what ``spend`` holds; None, or what could not be spent ("key", "token", "nonce").
+
+    Keys first, then the token, then nonces, stopping at the first refusal: a
+    refused item may thus have spent part of its own evidence, which a replay
+    had already made worthless (no item today carries more than one kind).
+    """
+    bind = time_binder(connection)
+    now = bind(spend.now)
+    for key, expires in spend.keys:
+        cursor.execute(driver_sql(connection, _SPEND_KEY), (key[:255], now, bind(expires)))
+        if cursor.rowcount != 1:
+            return "key"
+    if spend.token_hash is not None:
+        cursor.execute(driver_sql(connection, _SPEND_TOKEN), (now, spend.token_hash, now))
+        if cursor.fetchone() is None:
+            return "token"
+    for nonce in spend.nonces:
+        cursor.execute(driver_sql(connection, _SPEND_NONCE), (now, nonce, now))
+        if cursor.rowcount != 1:
+            return "nonce"
+    return None
+
+
+def commit_issuances(connection: Connection, items: Sequence[Issuance]) -> list[str | None]:
+    """Spend, record and audit ``items`` in ``connection``'s transaction.
+
+    Returns, per item, None (done) or what of its evidence was already spent
+    (:func:`refusal` turns that into the error to answer with); refused items
+    leave no record and no audit event. The caller commits.
+    """
+    cursor = connection.connection.cursor()  # the same DB-API connection: same transaction
+    try:
+        outcome = [None if i.spend is None else _spend(connection, cursor, i.spend) for i in items]
+    finally:
+        cursor.close()
+    accepted = [item for item, failed in zip(items, outcome, strict=True) if failed is None]
     bind = time_binder(connection)
     rows = [
         (
@@ -144,8 +133,96 @@ def write_batch(connection: Connection, batch: Sequence[_Item]) -> None:
             bind(c["issued_at"]),
             bind(c["not_after"]),
         )
-        for c, _ in batch
+        for c in (item.credential for item in accepted)
         if c is not None
     ]
     bulk_insert(connection, "issued_credentials", _CREDENTIAL_COLUMNS, rows)
-    audit.append(connection, [event for _, events in batch for event in events])
+    audit.append(connection, [event for item in accepted for event in item.events])
+    return outcome
+
+
+def refusal(database: Database, item: Issuance, failed: str) -> IdmintError:
+    """The error for an item :func:`commit_issuances` refused (read after its transaction)."""
+    from idmint.ca.storage.ledgers import join_token_refusal
+
+    if failed == "token" and item.spend is not None and item.spend.token_hash is not None:
+        return join_token_refusal(database, item.spend.token_hash)
+    if failed == "nonce" and item.spend is not None:
+        from sqlalchemy import select
+
+        from idmint.ca.storage.models import Nonce
+
+        with database.reading() as session:
+            used = session.scalars(
+                select(Nonce.value)
+                .where(Nonce.value.in_(item.spend.nonces))
+                .where(Nonce.used_at.is_not(None))
+            ).first()
+        if used is not None:
+            return EvidenceReplayed("this nonce was already used; ask for a new one")
+        return AttestationFailed("unknown or expired nonce; ask for a new one")
+    return EvidenceReplayed("this evidence was already used; get a fresh one")
+
+
+def _done() -> None:
+    pass
+
+
+class Recorder:
+    """Commits issuances in this process (no writer process), grouped across threads."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._lock = threading.Condition()
+        self._waiting: list[tuple[Issuance, list[Any]]] = []
+        self._committing = False
+
+    def begin(self, item: Issuance) -> Callable[[], None]:
+        self.commit(item)  # in this process: committed before signing, nothing to overlap
+        return _done
+
+    def commit(self, item: Issuance) -> None:
+        slot: list[Any] = []
+        with self._lock:
+            self._waiting.append((item, slot))
+            while self._committing and not slot:
+                self._lock.wait()
+            if slot:
+                return self._settle(item, slot)
+            self._committing = True
+            batch, self._waiting = self._waiting, []
+        try:
+            results: list[Any] = self._commit(batch)
+        except Exception as error:
+            results = [error] * len(batch)
+        with self._lock:
+            for (_, each), result in zip(batch, results, strict=True):
+                each.append(result)
+            self._committing = False
+            self._lock.notify_all()
+        return self._settle(item, slot)
+
+    def _commit(self, batch: list[tuple[Issuance, list[Any]]]) -> list[Any]:
+        items = [item for item, _ in batch]
+        with self.database.connection() as connection:
+            outcome = commit_issuances(connection, items)
+        return [
+            None if failed is None else refusal(self.database, item, failed)
+            for item, failed in zip(items, outcome, strict=True)
+        ]
+
+    def _settle(self, item: Issuance, slot: list[Any]) -> None:
+        result = slot[0]
+        if result is None:
+            return
+        if isinstance(result, IdmintError):
+            raise result
+        from idmint.ca.storage.writer import WriterUnavailable
+
+        log.error("recording an issuance failed: %s", result)
+        raise WriterUnavailable(
+            f"the database did not record the issuance ({type(result).__name__}); retry shortly"
+        ) from result
+
+    def close(self) -> None:
+        pass  # nothing is held back: every commit() returned after its transaction

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from idmint.ca.errors import InvalidCSR
@@ -151,7 +152,21 @@ def _key_type(key: object) -> str:
 
 
 def _verify_signature(csr: x509.CertificateSigningRequest) -> None:
-    """Refuse a request not signed by the key it carries (no proof of possession)."""
+    """Refuse a request not signed by the key it carries (no proof of possession).
+
+    A SHA-1 or MD5 signature is refused for its hash first: collisions are
+    practical for both, and "does not verify" would send the user looking
+    for the wrong mistake.
+    """
+    try:
+        algorithm = csr.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        algorithm = None  # the check below names it
+    if isinstance(algorithm, hashes.SHA1 | hashes.MD5):
+        raise InvalidCSR(
+            f"the CSR is signed with {algorithm.name.upper()}, a hash that is not allowed; "
+            "sign it with SHA-256 or stronger"
+        )
     try:
         valid = csr.is_signature_valid
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:

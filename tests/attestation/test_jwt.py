@@ -368,7 +368,11 @@ def test_a_server_fault_in_the_tree_is_a_5xx_with_a_log_line(
     client = app.test_client()
     with _captured(caplog):
         got = {path: client.get(path) for path in ("/unavailable", "/mechanism", "/bad")}
-    assert [got[p].status_code for p in got] == [503, 500, 401]
+    # A refusal is audited before it is answered (ca/api/health.py), which
+    # needs the CA service, here without a token: a 503 naming it, not a 401
+    # whose audit was silently lost.
+    assert [got[p].status_code for p in got] == [503, 500, 503]
+    assert got["/bad"].get_json()["type"].endswith("/hsm-token-not-found")
     assert got["/mechanism"].get_json()["type"].endswith("/hsm-unsupported-mechanism")
     messages = [r.getMessage() for r in caplog.records if r.name == "idmint.api"]
     assert any("AttestationUnavailable" in m for m in messages)

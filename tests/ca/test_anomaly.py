@@ -128,7 +128,6 @@ def _learn_week(
 
 
 def _events(world: World, prefix: str) -> list[AuditEvent]:
-    world.recorder.flush()
     with world.database.reading() as session:
         return list(
             session.scalars(

@@ -276,7 +276,6 @@ def test_malformed_csr_corpus_writes_nothing(
     with pytest.raises(IdmintError) as caught:
         issuer.issue_x509(["unix:uid:1000"], vector.read_bytes())
     assert str(caught.value)
-    issuer.recorder.flush()
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(IssuedCredential)) == 0
         refusals = session.scalars(select(AuditEvent).where(AuditEvent.outcome == "refused")).all()
@@ -289,7 +288,6 @@ def test_issuance_is_recorded_and_audited(
     key = ec.generate_private_key(ec.SECP256R1())
     x = issuer.issue_x509(["unix:uid:1000"], _csr(key))
     j = issuer.issue_jwt(["unix:uid:1000"], ["vault"])
-    issuer.recorder.flush()
     with database.session() as session:
         rows = {r.identifier: r for r in session.scalars(select(IssuedCredential))}
         actions = [e.action for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from idmint.attestation.base import AttestationFailed, EvidenceReplayed
 from idmint.ca.issuance.entries import EntrySpec, EntryStore, NoMatchingEntry
@@ -29,7 +29,12 @@ from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.ledgers import JoinTokens
 from idmint.ca.storage.models import AuditEvent, IssuedCredential, JoinToken
-from idmint.ca.storage.writer import WriterClient, WriterServer, WriterUnavailable
+from idmint.ca.storage.writer import (
+    PROBE_TIMEOUT,
+    WriterClient,
+    WriterServer,
+    WriterUnavailable,
+)
 from idmint.hsm import KeyStore
 from tests.server.conftest import csr_pem
 
@@ -144,7 +149,6 @@ def test_issuance_records_go_through_the_writer_and_the_chain_verifies(
     token = issuer.issue_jwt(selectors, ["db"])
     with pytest.raises(NoMatchingEntry):  # refusals are audited through the writer too
         issuer.issue_jwt(selectors, ["db"], spiffe_id="spiffe://example.org/nobody")
-    client.flush()
     with database.reading() as session:
         identifiers = set(session.scalars(select(IssuedCredential.identifier)))
         events = session.execute(
@@ -198,6 +202,8 @@ def test_a_database_failure_is_an_answer_and_the_writer_keeps_serving(
         session.execute(text("DROP TABLE join_tokens"))
     with pytest.raises(WriterUnavailable, match="database refused"):
         client.consume(_hash("idmjt_any"), datetime.now(UTC))
+    # Writes are answered at once (503) until the next probe of the database.
+    threading.Event().wait(PROBE_TIMEOUT + 0.05)
     now = datetime.now(UTC)
     client.spend([(f"oidc:jti:{uuid.uuid4().hex}", now + timedelta(minutes=5))], now)
 
@@ -216,3 +222,98 @@ def test_a_spend_and_garbage_in_one_write_do_not_stop_the_writer(
         assert raw.recv(1 << 16) == b""  # dropped, unanswered
     other = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
     assert client.consume(_hash(other.token), datetime.now(UTC))[0] == other.id
+
+
+def test_an_issuance_spends_and_records_in_one_transaction(
+    client: WriterClient,
+    keystore: KeyStore,
+    database: Database,
+    authorities: None,
+    trust_domain: TrustDomain,
+    tokens: JoinTokens,
+) -> None:
+    """The record is committed when issue_x509 returns; a replay leaves no record."""
+    from idmint.ca.storage.spends import Spend
+
+    issuer = Issuer(keystore, database, trust_domain, "https://idmint.test", recorder=client)
+    issued = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    csr = csr_pem(ec.generate_private_key(ec.SECP256R1())).encode()
+    selectors = ["join_token:any:true"]
+    now = datetime.now(UTC)
+    svid = issuer.issue_x509(selectors, csr, spend=Spend(now, token_hash=_hash(issued.token)))
+    with database.reading() as session:
+        assert session.scalar(
+            select(IssuedCredential.id).where(IssuedCredential.identifier == svid.serial)
+        )
+        assert session.scalar(select(JoinToken.used_at).where(JoinToken.id == issued.id))
+        before = int(session.scalar(select(func.count()).select_from(IssuedCredential)) or 0)
+    with pytest.raises(EvidenceReplayed, match="already used"):
+        issuer.issue_x509(selectors, csr, spend=Spend(now, token_hash=_hash(issued.token)))
+    key = f"oidc:jti:{uuid.uuid4().hex}"
+    issuer.issue_jwt(selectors, ["db"], spend=Spend(now, keys=[(key, now + timedelta(minutes=5))]))
+    with pytest.raises(EvidenceReplayed):
+        issuer.issue_jwt(
+            selectors, ["db"], spend=Spend(now, keys=[(key, now + timedelta(minutes=5))])
+        )
+    with database.reading() as session:
+        after = session.scalar(select(func.count()).select_from(IssuedCredential))
+        audit.verify_database(session)
+    assert after == before + 1  # the JWT; neither replay left a record
+
+
+def test_refusals_are_chained_once_per_source_and_minute(database: Database) -> None:
+    from idmint.ca.storage.recorder import Recorder
+    from idmint.ca.storage.refusals import RefusalLog
+
+    moment = [1_800_000_000.0]
+    seen: list[tuple[str, str]] = []
+    log = RefusalLog(
+        Recorder(database), clock=lambda: moment[0], observer=lambda a, r: seen.append((a, r))
+    )
+    error = AttestationFailed("unknown join token")
+    for _ in range(500):
+        log.refused("attestation", "192.0.2.1", error)
+    log.refused("attestation", "192.0.2.2", error)
+    moment[0] += 60
+    log.flush()
+    log.close()
+    with database.reading() as session:
+        rows = session.execute(
+            select(AuditEvent.actor, AuditEvent.outcome, AuditEvent.detail).order_by(AuditEvent.seq)
+        ).all()
+        audit.verify_database(session)
+    assert len(seen) == 501
+    assert [(a, o) for a, o, _ in rows] == [
+        ("192.0.2.1", "refused"),
+        ("192.0.2.2", "refused"),
+        ("192.0.2.1", "refused"),
+    ]
+    assert '"count":499' in rows[2][2]
+
+
+def test_a_locked_database_is_answered_within_the_timeout_and_recovers(
+    client: WriterClient, writer: WriterServer, database: Database, tokens: JoinTokens
+) -> None:
+    import sqlite3
+    import time
+
+    if not database.url.startswith("sqlite"):
+        pytest.skip("BEGIN EXCLUSIVE from another connection is the SQLite case")
+    assert database.engine.url.database is not None
+    holder = sqlite3.connect(database.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        took = []
+        for _ in range(5):
+            started = time.monotonic()
+            with pytest.raises(WriterUnavailable, match=r"did not answer in time"):
+                client.consume(_hash("idmjt_locked"), datetime.now(UTC))
+            took.append(time.monotonic() - started)
+        assert took[0] < database.timeout + 1.0
+        assert max(took[1:]) < 0.5  # once down: answered at once
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    made = tokens.create(SPIFFE_ID, timedelta(minutes=5), actor="tests")
+    threading.Event().wait(PROBE_TIMEOUT + 0.05)  # the next probe finds it back
+    assert client.consume(_hash(made.token), datetime.now(UTC))[0] == made.id
