@@ -29,6 +29,12 @@ class EvidenceReplayed(AttestationFailed):
     code = "evidence-replayed"
 
 
+class CallerGone(AttestationFailed):
+    """The calling process exited or is not the one that connected (PID reuse)."""
+
+    code = "caller-gone"
+
+
 class AttestationUnavailable(AttestationError):
     """A source the attestor trusts (an issuer's discovery document or JWKS) cannot be read."""
 

@@ -221,6 +221,18 @@ class RateLimitStoreUnavailable(CAError):
         self.retry_after = retry_after
 
 
+class AgentNotFound(CAError):
+    """No agent has this SPIFFE ID."""
+
+    code = "agent-not-found"
+
+
+class AgentForbidden(CAError):
+    """The agent is banned, or asked for something that is not its to serve."""
+
+    code = "agent-forbidden"
+
+
 class InvalidQuery(CAError):
     """A query parameter of this request is not one this endpoint takes."""
 

@@ -44,6 +44,8 @@ def _print(view: EntryView | dict[str, Any], output: str) -> None:
             ("DNS names", ", ".join(data["dns_names"]) or "-"),
             ("Admin", data["admin"]),
             ("Disabled", data["disabled"]),
+            ("Parent ID", data.get("parent_id") or "-"),
+            ("Node selectors", ", ".join(data.get("node_selectors") or ()) or "-"),
         ]
     )
 
@@ -84,6 +86,13 @@ def entry() -> None:
 @click.option("--dns-name", "dns_names", multiple=True, help="DNS SAN (repeat).")
 @click.option("--admin", is_flag=True, help="Holders may call the admin API.")
 @click.option("--disabled", is_flag=True)
+@click.option("--parent-id", help="Agent SPIFFE ID that serves this entry (idmint agent list).")
+@click.option(
+    "--node-selector",
+    "node_selectors",
+    multiple=True,
+    help="Served by every agent with this node selector (repeat).",
+)
 @output_option
 def create(
     data_dir: str | None,
@@ -97,6 +106,8 @@ def create(
     dns_names: tuple[str, ...],
     admin: bool,
     disabled: bool,
+    parent_id: str | None,
+    node_selectors: tuple[str, ...],
     output: str,
 ) -> None:
     """Create a registration entry."""
@@ -111,7 +122,10 @@ def create(
         "dns_names": dns_names,
         "admin": admin,
         "disabled": disabled,
+        "node_selectors": node_selectors,
     }
+    if parent_id is not None:
+        spec["parent_id"] = parent_id
     directory = resolve_data_dir(data_dir)
     if admin_client.available(directory):
         _print(admin_client.call(directory, "POST", "/v1/entries", _json_spec(spec)), output)

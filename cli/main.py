@@ -24,7 +24,7 @@ from idmint import __version__
 from idmint.errors import IdmintError
 
 #: The modules each extra of setup.cfg brings (import names, not distributions).
-EXTRA_MODULES = {
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "server": (
         "pkcs11",
         "josepy",
@@ -37,6 +37,8 @@ EXTRA_MODULES = {
         "jwt",
     ),
 }
+# The agent reuses the CA's JOSE and SPIFFE ID code (setup.cfg: agent = idmint[server] + gRPC).
+EXTRA_MODULES["agent"] = (*EXTRA_MODULES["server"], "grpc", "google.protobuf")
 
 
 class LazyCommand(NamedTuple):
@@ -97,7 +99,14 @@ COMMANDS = {
         "server",
     ),
     "hsm": LazyCommand("idmint.cli.hsm_commands:hsm", "Inspect the PKCS#11 token.", "server"),
-    "svid": LazyCommand("idmint.cli.svid_commands:svid", "Get SVIDs from an idmint server."),
+    "svid": LazyCommand(
+        "idmint.cli.svid_commands:svid", "Get SVIDs from an idmint server or agent."
+    ),
+    "agent": LazyCommand(
+        "idmint.cli.agent_commands:agent",
+        "Run the node agent (SPIFFE Workload API), or manage agents (list, show, ban).",
+        "agent",
+    ),
 }
 
 

@@ -33,10 +33,10 @@ def _evidence(
 
 
 evidence_options = [
-    click.option("--server", required=True, envvar="IDMINT_SERVER", help="https://HOST:PORT"),
+    # Not required by click: with --socket (the local agent) neither is needed.
+    click.option("--server", envvar="IDMINT_SERVER", help="https://HOST:PORT"),
     click.option(
         "--bundle",
-        required=True,
         type=click.Path(exists=True, dir_okay=False),
         help="PEM bundle to trust for the server.",
     ),
@@ -55,7 +55,7 @@ def _with_evidence(function: Any) -> Any:
 
 @click.group()
 def svid() -> None:
-    """Get SVIDs from an idmint server."""
+    """Get SVIDs from an idmint server or agent."""
 
 
 @svid.command("x509")
@@ -74,10 +74,15 @@ def svid() -> None:
     show_default=True,
     help="Fraction of the lifetime after which to renew.",
 )
+@click.option(
+    "--socket",
+    "socket_path",
+    help="Get it from the local agent's Workload API instead (no evidence needed).",
+)
 @output_option
 def x509_command(
-    server: str,
-    bundle: str,
+    server: str | None,
+    bundle: str | None,
     join_token: str | None,
     oidc_token_file: str | None,
     k8s_token_file: str | None,
@@ -88,9 +93,17 @@ def x509_command(
     signal_pid: int | None,
     signal_name: str,
     renew_at: float,
+    socket_path: str | None,
     output: str,
 ) -> None:
     """Write svid.pem, svid.key (0600) and bundle.pem to --out; --watch keeps them fresh."""
+    if socket_path:
+        from idmint.cli.svid_socket import from_socket
+
+        from_socket(socket_path, spiffe_id, Path(out), watch, run, signal_pid, signal_name, output)
+        return
+    if not server or not bundle:
+        raise click.UsageError("give --server and --bundle (or --socket for the local agent)")
     from idmint.client import Server, write_svid_files
 
     api = Server(server, bundle)

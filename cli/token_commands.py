@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -31,13 +32,25 @@ def token() -> None:
 
 @token.command("create")
 @data_dir_option
-@click.option("--spiffe-id", required=True, help="The SPIFFE ID the token grants (needs an entry).")
+@click.option("--spiffe-id", help="The SPIFFE ID the token grants (needs an entry).")
+@click.option(
+    "--agent",
+    "for_agent",
+    is_flag=True,
+    help="A node join token for 'idmint agent' (agent ID .../idmint/agent/join_token/<id>).",
+)
 @click.option("--ttl", type=Duration(), default="10m", show_default=True)
 @output_option
-def create(data_dir: str | None, spiffe_id: str, ttl: timedelta, output: str) -> None:
+def create(
+    data_dir: str | None, spiffe_id: str | None, for_agent: bool, ttl: timedelta, output: str
+) -> None:
     """Create a one-time join token; it is shown once."""
+    if for_agent == (spiffe_id is not None):
+        raise click.UsageError("give either --spiffe-id (a workload token) or --agent")
     directory = resolve_data_dir(data_dir)
-    if admin_client.available(directory):
+    if for_agent:
+        made = _agent_token(directory, data_dir, ttl)
+    elif admin_client.available(directory):
         made = admin_client.call(
             directory,
             "POST",
@@ -45,6 +58,7 @@ def create(data_dir: str | None, spiffe_id: str, ttl: timedelta, output: str) ->
             {"spiffe_id": spiffe_id, "ttl_seconds": int(ttl.total_seconds())},
         )
     else:
+        assert spiffe_id is not None
         with data_directory(data_dir) as (config, database):
             issued = _tokens(config, database).create(spiffe_id, ttl, cli_actor())
         made = {
@@ -57,6 +71,27 @@ def create(data_dir: str | None, spiffe_id: str, ttl: timedelta, output: str) ->
         emit_json(made)
     else:
         click.echo(made["token"])
+
+
+def _agent_token(directory: Path, data_dir: str | None, ttl: timedelta) -> dict[str, Any]:
+    if admin_client.available(directory):
+        made: dict[str, Any] = admin_client.call(
+            directory, "POST", "/v1/agent-tokens", {"ttl_seconds": int(ttl.total_seconds())}
+        )
+        return made
+    from idmint.ca.issuance.agents import AgentRegistry
+    from idmint.ca.spiffe_id import TrustDomain
+
+    with data_directory(data_dir) as (config, database):
+        issued = AgentRegistry(database, TrustDomain(config.trust_domain)).create_token(
+            ttl, cli_actor()
+        )
+    return {
+        "id": issued.id,
+        "token": issued.token,
+        "spiffe_id": issued.spiffe_id,
+        "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
+    }
 
 
 @token.command("list")

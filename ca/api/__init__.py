@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from idmint.ca.anomaly.monitor import REQUEST_SOURCE
 from idmint.ca.api import (
     admin,
+    agent,
     anomaly,
     audit,
     bundle,
@@ -53,7 +54,7 @@ def create_app(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
     )
-    for module in (svid, bundle, admin, health, revocation, audit, anomaly):
+    for module in (svid, bundle, admin, health, revocation, audit, anomaly, agent):
         app.register_blueprint(module.blueprint)
     limiter = limits.Limiter(config.limits, config.trust_domain, limits.audit_if_bounded)
     limits.init_app(app, limiter)

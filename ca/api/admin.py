@@ -25,6 +25,8 @@ _SPEC_FIELDS: dict[str, type] = {
     "dns_names": list,
     "admin": bool,
     "disabled": bool,
+    "parent_id": str,
+    "node_selectors": list,
 }
 
 

@@ -59,6 +59,7 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     attestation.AttestationFailed: _p(401, "attestation-failed"),
     attestation.EvidenceReplayed: _p(401, "evidence-replayed"),
     attestation.AttestationUnavailable: _p(503, "attestation-unavailable"),
+    attestation.CallerGone: _p(401, "caller-gone"),
     # hsm/: the token is the server's, never the caller's fault.
     hsm.HSMError: _p(503, "hsm-error"),
     hsm.ModuleNotFound: _p(503, "hsm-module-not-found"),
@@ -107,6 +108,8 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     anomaly_store.BaselineNotFound: _p(404, "anomaly-baseline-not-found"),
     checkpoints.CheckpointInvalid: _p(400, "audit-checkpoint-invalid"),
     checkpoints.CheckpointNotFound: _p(404, "audit-checkpoint-not-found"),
+    ca.AgentNotFound: _p(404, "agent-not-found"),
+    ca.AgentForbidden: _p(403, "agent-forbidden"),
     ca.InvalidQuery: _p(400, "invalid-query"),
     ca.BadRequest: _p(400, "bad-request"),
     ServerError: _p(500, "server-error"),

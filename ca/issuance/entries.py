@@ -35,6 +35,20 @@ CHANGES_KEPT = 10_000
 _SELECTOR = re.compile(r"^[a-z][a-z0-9_]*:[^\s]+$")
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
+#: Agent SPIFFE IDs live under this path (spiffe://TD/idmint/agent/...).
+AGENT_PATH = "/idmint/agent/"
+#: Selector types only the agent API adds to a request, never an attestor:
+#: "this request comes through agent X" and "agent X has node selector S".
+#: A parented entry matches only when they say it is X's to serve, and a
+#: request carrying them matches parented entries only.
+VIA_AGENT = "idmint_via_agent"
+VIA_NODE = "idmint_via_node"
+
+
+def via_agent_selectors(agent_id: str, node_selectors: Iterable[str]) -> list[str]:
+    """The selectors the agent API adds to a request made through agent ``agent_id``."""
+    return [f"{VIA_AGENT}:{agent_id}", *(f"{VIA_NODE}:{s}" for s in node_selectors)]
+
 
 @dataclass(frozen=True)
 class EntrySpec:
@@ -50,6 +64,10 @@ class EntrySpec:
     dns_names: Sequence[str] = field(default_factory=tuple)
     admin: bool = False
     disabled: bool = False
+    #: The agent SPIFFE ID that serves this entry; None: issued directly.
+    parent_id: str | None = None
+    #: Or/and: every agent whose node selectors include all of these.
+    node_selectors: Sequence[str] = field(default_factory=tuple)
 
 
 def _check_ttl(name: str, ttl: timedelta, bounds: tuple[timedelta, timedelta]) -> None:
@@ -109,6 +127,16 @@ def validate(spec: EntrySpec, trust_domain: TrustDomain, now: datetime) -> Entry
         if not isinstance(audience, str) or not audience.strip():
             raise InvalidEntry(f"audience {audience!r} is empty")
     dns_names = [check_dns_name(name) for name in spec.dns_names]
+    parent_id = None
+    if spec.parent_id is not None:
+        parent = SpiffeID.parse(spec.parent_id)
+        if not parent.member_of(trust_domain) or not parent.path.startswith(AGENT_PATH):
+            raise InvalidEntry(
+                f"parent ID {spec.parent_id} is not an agent of this trust domain "
+                f"(spiffe://{trust_domain.name}{AGENT_PATH}...; see idmint agent list)"
+            )
+        parent_id = str(parent)
+    node_selectors = normalise_selectors(spec.node_selectors) if spec.node_selectors else []
     return EntrySpec(
         spiffe_id=str(spiffe_id),
         selectors=normalise_selectors(spec.selectors),
@@ -120,6 +148,8 @@ def validate(spec: EntrySpec, trust_domain: TrustDomain, now: datetime) -> Entry
         dns_names=list(dict.fromkeys(dns_names)),
         admin=spec.admin,
         disabled=spec.disabled,
+        parent_id=parent_id,
+        node_selectors=node_selectors,
     )
 
 
@@ -140,6 +170,8 @@ class EntryView:
     disabled: bool
     created_at: datetime
     updated_at: datetime
+    parent_id: str | None = None
+    node_selectors: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, row: Entry) -> EntryView:
@@ -157,10 +189,30 @@ class EntryView:
             disabled=row.disabled,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            parent_id=row.parent_id,
+            node_selectors=tuple(row.node_selectors or ()),
         )
 
     def usable(self, now: datetime) -> bool:
         return not self.disabled and self.expires_at > now
+
+    @property
+    def parented(self) -> bool:
+        """Served through agents only (it has a parent or node selectors)."""
+        return self.parent_id is not None or bool(self.node_selectors)
+
+    def reachable(self, have: set[str]) -> bool:
+        """Whether a request with selectors ``have`` may get this entry at all.
+
+        Parented entries only through their agent (``have`` carries the
+        :data:`VIA_AGENT` selectors the agent API adds), and a request made
+        through an agent only gets parented entries.
+        """
+        if not self.parented:
+            return not any(s.startswith(VIA_AGENT + ":") for s in have)
+        if self.parent_id is not None and f"{VIA_AGENT}:{self.parent_id}" not in have:
+            return False
+        return all(f"{VIA_NODE}:{s}" in have for s in self.node_selectors)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -177,6 +229,8 @@ class EntryView:
             "disabled": self.disabled,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+            "parent_id": self.parent_id,
+            "node_selectors": list(self.node_selectors),
         }
 
 
@@ -196,6 +250,8 @@ def _fields(spec: EntrySpec) -> dict[str, Any]:
         "dns_names": list(spec.dns_names),
         "admin": spec.admin,
         "disabled": spec.disabled,
+        "parent_id": spec.parent_id,
+        "node_selectors": list(spec.node_selectors),
     }
 
 
@@ -242,6 +298,8 @@ class EntryStore:
                 dns_names=row.dns_names,
                 admin=row.admin,
                 disabled=row.disabled,
+                parent_id=row.parent_id,
+                node_selectors=row.node_selectors or [],
             )
             merged = EntrySpec(**{**current.__dict__, **changes})
             checked = validate(merged, self.trust_domain, now)
@@ -343,11 +401,15 @@ def match(
     if granted is not None:
         # The SPIFFE ID is already proven (a join token minted for it, or a
         # current SVID for it): the entry only supplies policy.
-        candidates = [e for e in entries if e.usable(now) and e.spiffe_id == granted]
+        candidates = [
+            e for e in entries if e.usable(now) and e.spiffe_id == granted and e.reachable(have)
+        ]
         if not candidates:
             raise NoMatchingEntry(f"no enabled, unexpired registration entry for {granted}")
         return max(candidates, key=lambda e: (len(e.selectors), e.id))
-    candidates = [e for e in entries if e.usable(now) and have.issuperset(e.selectors)]
+    candidates = [
+        e for e in entries if e.usable(now) and have.issuperset(e.selectors) and e.reachable(have)
+    ]
     if spiffe_id is not None:
         candidates = [e for e in candidates if e.spiffe_id == spiffe_id]
     if not candidates:

@@ -45,7 +45,7 @@ _CHUNK = 500
 class _Slot:
     """What matching needs of one entry, and its view once read."""
 
-    __slots__ = ("id", "parent", "selectors", "spiffe_id", "view")
+    __slots__ = ("id", "node_selectors", "parent", "selectors", "spiffe_id", "view")
 
     def __init__(
         self,
@@ -54,18 +54,14 @@ class _Slot:
         selectors: tuple[str, ...],
         parent: str | None,
         view: EntryView | None = None,
+        node_selectors: tuple[str, ...] = (),
     ) -> None:
         self.id = entry_id
         self.spiffe_id = spiffe_id
         self.selectors = selectors
         self.parent = parent
         self.view = view
-
-
-def _parent_column() -> Any:
-    # Entries gain a parent (the agent that serves them) in the agent work;
-    # until the column exists no entry has one.
-    return Entry.__table__.c.get("parent_id")
+        self.node_selectors = node_selectors
 
 
 def _drop(table: dict[str, list[_Slot]], key: str, slot: _Slot) -> None:
@@ -75,6 +71,14 @@ def _drop(table: dict[str, list[_Slot]], key: str, slot: _Slot) -> None:
     bucket[:] = [s for s in bucket if s is not slot]
     if not bucket:
         del table[key]
+
+
+def _unfile(table: dict[str, dict[str, _Slot]], key: str, entry_id: str) -> None:
+    bucket = table.get(key)
+    if bucket is not None:
+        bucket.pop(entry_id, None)
+        if not bucket:
+            del table[key]
 
 
 class EntryIndex:
@@ -96,6 +100,10 @@ class EntryIndex:
         # An agent may serve thousands of entries: a dict per parent makes
         # each change O(1) where a tuple would be copied.
         self._by_parent: dict[str, dict[str, _Slot]] = {}
+        # Entries for every agent with some node selectors (and no parent),
+        # filed under the first of them: an agent looks in the buckets of its
+        # own node selectors only.
+        self._by_node_selector: dict[str, dict[str, _Slot]] = {}
         self._selector_counts: dict[str, int] = {}
 
     # -- reading -------------------------------------------------------------
@@ -135,6 +143,22 @@ class EntryIndex:
             slots = [] if bucket is None else list(bucket.values())
         return self._views(slots)
 
+    def for_agent(self, agent_id: str, node_selectors: Iterable[str]) -> list[EntryView]:
+        """The entries an agent may serve: parented to it, or targeting its node selectors.
+
+        Looks only in the agent's own buckets, so the cost grows with the
+        entries it serves, not with all entries. (Usability and the full
+        reachability rule are the caller's: :func:`authorized_entries`.)
+        """
+        have = set(node_selectors)
+        with self._lock:
+            slots = list(self._by_parent.get(agent_id, {}).values())
+            for selector in have:
+                bucket = self._by_node_selector.get(selector)
+                if bucket:
+                    slots.extend(s for s in bucket.values() if have.issuperset(s.node_selectors))
+        return self._views(slots)
+
     def match(
         self,
         selectors: Sequence[str],
@@ -165,11 +189,18 @@ class EntryIndex:
 
     def apply(self, revision: int, changed: Iterable[EntryView], gone: Iterable[str]) -> None:
         """Put ``changed`` entries in (replacing same ids), take ``gone`` ids out."""
-        column = _parent_column()
         with self._lock:
             for view in changed:
-                parent = getattr(view, "parent_id", None) if column is not None else None
-                self._put(_Slot(view.id, view.spiffe_id, view.selectors, parent, view))
+                self._put(
+                    _Slot(
+                        view.id,
+                        view.spiffe_id,
+                        view.selectors,
+                        view.parent_id,
+                        view,
+                        tuple(view.node_selectors),
+                    )
+                )
             for entry_id in gone:
                 self._remove(entry_id)
             self.revision = revision
@@ -199,6 +230,8 @@ class EntryIndex:
         self._by_spiffe_id.setdefault(slot.spiffe_id, []).append(slot)
         if slot.parent is not None:
             self._by_parent.setdefault(slot.parent, {})[slot.id] = slot
+        elif slot.node_selectors:
+            self._by_node_selector.setdefault(slot.node_selectors[0], {})[slot.id] = slot
 
     def _remove(self, entry_id: str) -> None:
         found = self._by_id.pop(entry_id, None)
@@ -215,11 +248,9 @@ class EntryIndex:
             else:
                 counts.pop(selector, None)
         if slot.parent is not None:
-            bucket = self._by_parent.get(slot.parent)
-            if bucket is not None:
-                bucket.pop(entry_id, None)
-                if not bucket:
-                    self._by_parent.pop(slot.parent, None)
+            _unfile(self._by_parent, slot.parent, entry_id)
+        elif slot.node_selectors:
+            _unfile(self._by_node_selector, slot.node_selectors[0], entry_id)
 
     def _build(self, slots: Sequence[_Slot]) -> None:
         """File ``slots`` (a fresh index), each under its rarest selector among all."""
@@ -252,25 +283,30 @@ def _revision(session: Session) -> int:
 
 def load(database: Database) -> EntryIndex:
     """A new index of every entry, at the revision they were read at."""
-    parent = _parent_column() is not None
-    columns = "id, spiffe_id, selectors" + (", parent_id" if parent else "")
     with database.reading() as session:
         # The revision first: a change committed while the rows are read has
         # a later revision, so the next refresh reads it (again, harmlessly).
         revision = _revision(session)
         # The driver's tuples as they are: SQLAlchemy's per-row conversion
         # cost more than the rest of the load.
-        rows = session.connection().exec_driver_sql(f"SELECT {columns} FROM entries").fetchall()
+        rows = (
+            session.connection()
+            .exec_driver_sql(
+                "SELECT id, spiffe_id, selectors, parent_id, node_selectors FROM entries"
+            )
+            .fetchall()
+        )
     intern = sys.intern  # a selector many entries share is kept once
     decode = json.loads
+
+    def strings(value: Any) -> tuple[str, ...]:
+        # JSON is text on SQLite, decoded already by PostgreSQL's driver.
+        if not value:
+            return ()
+        return tuple(intern(s) for s in (decode(value) if isinstance(value, str) else value))
+
     slots = [
-        _Slot(
-            row[0],
-            row[1],
-            # JSON is text on SQLite, decoded already by PostgreSQL's driver.
-            tuple(intern(s) for s in (decode(row[2]) if isinstance(row[2], str) else row[2])),
-            row[3] if parent else None,
-        )
+        _Slot(row[0], row[1], strings(row[2]), row[3], node_selectors=strings(row[4]))
         for row in rows
     ]
     index = EntryIndex(database, revision)

@@ -143,6 +143,31 @@ class Entry(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: The agent SPIFFE ID that serves this entry (None: issued directly).
+    parent_id: Mapped[str | None] = mapped_column(String(2048), index=True, default=None)
+    #: Agents whose node selectors include all of these serve the entry too.
+    node_selectors: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class Agent(Base):
+    """A node agent that attested: its SPIFFE ID, how it proved itself, and a ban flag."""
+
+    __tablename__ = "agents"
+
+    spiffe_id: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    attestation_type: Mapped[str] = mapped_column(String(32))
+    #: Verified node selectors from its attestation (entries may target them).
+    selectors: Mapped[list[str]] = mapped_column(JSON)
+    #: The registration entry that holds its own SVID policy (created with it).
+    entry_id: Mapped[str] = mapped_column(String(36))
+    serial: Mapped[str | None] = mapped_column(String(64))
+    #: SHA-256 of the current agent SVID's public key (SPKI DER), see ca/api/agent.py.
+    key_sha256: Mapped[str | None] = mapped_column(String(64))
+    svid_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    banned: Mapped[bool] = mapped_column(Boolean, default=False)
+    banned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class IssuedCredential(Base):

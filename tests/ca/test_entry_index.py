@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import delete, func, select
 
+from idmint.ca.issuance.agents import AgentView, authorized_entries
 from idmint.ca.issuance.entries import (
     AmbiguousEntry,
     EntrySpec,
@@ -46,7 +47,14 @@ def other(database_url: str) -> Iterator[Database]:
     second.close()
 
 
-def _view(n: int, spiffe_id: str, selectors: tuple[str, ...], disabled: bool) -> EntryView:
+def _view(
+    n: int,
+    spiffe_id: str,
+    selectors: tuple[str, ...],
+    disabled: bool,
+    parent_id: str | None = None,
+    node_selectors: tuple[str, ...] = (),
+) -> EntryView:
     return EntryView(
         id=f"id-{n:04d}",
         spiffe_id=spiffe_id,
@@ -61,6 +69,8 @@ def _view(n: int, spiffe_id: str, selectors: tuple[str, ...], disabled: bool) ->
         disabled=disabled,
         created_at=NOW,
         updated_at=NOW,
+        parent_id=parent_id,
+        node_selectors=tuple(sorted(node_selectors)),
     )
 
 
@@ -99,6 +109,77 @@ def test_the_index_matches_as_a_scan_of_every_entry_does() -> None:
             named = rng.choice([None, f"spiffe://example.org/w{rng.randrange(25)}"])
             granted = rng.choice([None, None, f"spiffe://example.org/w{rng.randrange(25)}"])
             assert _outcome(index, have, named, granted) == _outcome(views, have, named, granted)
+
+
+def _agent(n: int, node_selectors: list[str]) -> AgentView:
+    return AgentView(
+        spiffe_id=f"spiffe://example.org/idmint/agent/join_token/a{n}",
+        attestation_type="join_token",
+        selectors=tuple(sorted(node_selectors)),
+        entry_id=f"agent-entry-{n}",
+        serial=None,
+        key_sha256=None,
+        svid_expires_at=None,
+        attested_at=NOW,
+        seen_at=NOW,
+        banned=False,
+        banned_at=None,
+    )
+
+
+def test_an_agents_entries_from_the_index_are_those_a_scan_finds() -> None:
+    """Parented, node-selector and direct entries; each agent's set as a full scan gives it."""
+    rng = random.Random(99)
+    nodes = [f"k8s_psat:cluster:c{n}" for n in range(3)] + [f"oidc:repo:r{n}" for n in range(5)]
+    agents = [_agent(n, rng.sample(nodes, rng.randint(0, 3))) for n in range(8)]
+    for _ in range(10):
+        views = []
+        for n in range(300):
+            kind = rng.random()
+            parent = rng.choice(agents).spiffe_id if kind < 0.4 else None
+            targets = tuple(rng.sample(nodes, rng.randint(1, 2))) if 0.3 < kind < 0.7 else ()
+            views.append(
+                _view(
+                    n,
+                    f"spiffe://example.org/w{n}",
+                    (f"unix:uid:{rng.randrange(5)}",),
+                    rng.random() < 0.1,
+                    parent,
+                    targets,
+                )
+            )
+        index = EntryIndex(Database("sqlite://"))
+        index.apply(1, views[:150], [])
+        index.apply(2, views[150:], [views[3].id])  # and one taken out again
+        kept = [v for v in views if v.id != views[3].id]
+        for agent in agents:
+            from_index = sorted(e.id for e in authorized_entries(index, agent, NOW))
+            from_scan = sorted(e.id for e in authorized_entries(kept, agent, NOW))
+            assert from_index == from_scan
+        assert any(authorized_entries(index, agent, NOW) for agent in agents)
+
+
+def test_an_agents_entries_survive_a_load_from_the_database(
+    database: Database, trust_domain: TrustDomain
+) -> None:
+    store = EntryStore(database, trust_domain)
+    agent = _agent(1, ["k8s_psat:cluster:prod"])
+    parented = store.create(
+        _spec("spiffe://example.org/p", ["unix:uid:1"], parent_id=agent.spiffe_id), "t"
+    )
+    by_node = store.create(
+        _spec("spiffe://example.org/n", ["unix:uid:2"], node_selectors=["k8s_psat:cluster:prod"]),
+        "t",
+    )
+    store.create(
+        _spec(
+            "spiffe://example.org/other", ["unix:uid:3"], node_selectors=["k8s_psat:cluster:dev"]
+        ),
+        "t",
+    )
+    store.create(_spec("spiffe://example.org/direct", ["unix:uid:1"]), "t")
+    served = authorized_entries(load(database), agent, NOW)
+    assert sorted(e.id for e in served) == sorted([parented.id, by_node.id])
 
 
 def test_an_entry_is_filed_under_its_rarest_selector() -> None:

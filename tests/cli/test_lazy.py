@@ -125,7 +125,7 @@ def test_a_missing_extra_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -
     listing = runner.invoke(cli, ["--help"])
     assert listing.exit_code == 0
     assert "needs idmint[server]" in listing.output
-    assert re.search(r"svid\s+Get SVIDs from an idmint server\.\n", listing.output)
+    assert re.search(r"svid\s+Get SVIDs from an idmint server or agent\.\n", listing.output)
     assert runner.invoke(cli, ["svid", "x509", "--help"]).exit_code == 0
 
 

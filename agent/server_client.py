@@ -1,0 +1,158 @@
+"""The agent's side of ``/v1/agent`` (see ``idmint.ca.api.agent``).
+
+HTTPS to the server, trusting ``--bundle``; once attested, every call carries
+a proof of possession of the agent SVID (``X-Idmint-Agent-Proof``) over its
+method, path and body. The agent key lives in memory only.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from idmint.agent.errors import AgentError, ServerRefused, ServerUnreachable
+from idmint.pop import make_proof
+
+PROOF_HEADER = "X-Idmint-Agent-Proof"
+TIMEOUT = 10.0
+
+
+def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """A fresh P-256 key and a CSR for it (the server sets every name)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode("ascii")
+    )
+    return key, csr
+
+
+@dataclass(frozen=True)
+class AgentSVID:
+    """The agent's own SVID."""
+
+    spiffe_id: str
+    chain_pem: str
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+
+class ServerClient:
+    """Calls to the idmint server's agent API."""
+
+    def __init__(self, server: str, bundle_file: str) -> None:
+        parts = urlsplit(server)
+        if parts.scheme != "https" or not parts.hostname:
+            raise AgentError(f"server {server!r} is not an https:// URL")
+        self.host, self.port = parts.hostname, parts.port or 443
+        try:
+            self.context = ssl.create_default_context(cafile=bundle_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise AgentError(f"cannot read the server bundle {bundle_file}: {exc}") from None
+        self._lock = threading.Lock()
+        self.svid: AgentSVID | None = None
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        prove: bool = True,
+    ) -> tuple[int, dict[str, str], Any]:
+        payload = b"" if body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        if prove:
+            svid = self.svid
+            if svid is None:
+                raise AgentError("the agent has not attested yet")
+            proof = make_proof(
+                svid.chain_pem, svid.key, "agent", f"{method} {path}\n".encode() + payload
+            )
+            sent[PROOF_HEADER] = base64.b64encode(json.dumps(proof).encode()).decode("ascii")
+        connection = http.client.HTTPSConnection(
+            self.host, self.port, context=self.context, timeout=TIMEOUT
+        )
+        try:
+            connection.request(
+                method, path, body=payload or None, headers={**sent, **(headers or {})}
+            )
+            response = connection.getresponse()
+            data = response.read()
+            response_headers = {k.lower(): v for k, v in response.getheaders()}
+        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            raise ServerUnreachable(f"cannot reach the idmint server: {exc}") from None
+        finally:
+            connection.close()
+        parsed: Any = None
+        if data:
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                raise ServerUnreachable(
+                    f"the server answered HTTP {response.status} with a body that is not JSON"
+                ) from None
+        if response.status >= 400:
+            detail = parsed.get("detail", parsed) if isinstance(parsed, dict) else parsed
+            raise ServerRefused(f"{detail} (HTTP {response.status})", response.status)
+        return response.status, response_headers, parsed
+
+    def _install(self, issued: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> AgentSVID:
+        chain = str(issued["chain_pem"])
+        certificate = x509.load_pem_x509_certificate(chain.encode("ascii"))
+        svid = AgentSVID(str(issued["spiffe_id"]), chain, key, certificate)
+        self.svid = svid
+        return svid
+
+    def attest(self, evidence: dict[str, Any]) -> AgentSVID:
+        """Node evidence -> the agent SVID."""
+        key, csr = new_key_and_csr()
+        _, _, issued = self._call(
+            "POST", "/v1/agent/attest", {"attestation": evidence, "csr": csr}, prove=False
+        )
+        return self._install(issued, key)
+
+    def renew(self) -> AgentSVID:
+        """A new agent SVID by proof of the current one."""
+        key, csr = new_key_and_csr()
+        _, _, issued = self._call("POST", "/v1/agent/renew", {"csr": csr})
+        return self._install(issued, key)
+
+    def sync(self, revision: str | None) -> dict[str, Any] | None:
+        """The sync document, or None when it is still ``revision``."""
+        headers = {"If-None-Match": f'"{revision}"'} if revision else {}
+        status, _, document = self._call("GET", "/v1/agent/entries", headers=headers)
+        if status == 304:
+            return None
+        result: dict[str, Any] = document
+        return result
+
+    def sign_x509(self, requests: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """One X509-SVID per (entry id, CSR PEM), in one request."""
+        _, _, issued = self._call(
+            "POST",
+            "/v1/agent/x509",
+            {"requests": [{"entry_id": e, "csr": c} for e, c in requests]},
+        )
+        svids: list[dict[str, Any]] = issued["svids"]
+        return svids
+
+    def jwt(self, entry_id: str, audiences: list[str]) -> dict[str, Any]:
+        _, _, issued = self._call(
+            "POST", "/v1/agent/jwt", {"entry_id": entry_id, "audience": audiences}
+        )
+        result: dict[str, Any] = issued
+        return result
