@@ -8,7 +8,13 @@ raises if a standing decision refuses it.
 The hot path does no query: each process keeps the baselines it uses in
 memory and re-reads them (writing its counts back) every ``sync_seconds``
 (1 s), so a decision or an operator's change reaches every worker and
-replica within that time. Counts of the current minute are added up across
+replica within that time. Writing counts back is best-effort: it may wait
+only :data:`STATS_TIMEOUT` for the database, and if that is not enough
+(the database locked or read-only) the counts stay in memory for the next
+try. Issuance never waits seconds, or fails, for statistics (a fault trial
+found each request held for the 2 s database timeout by this write while
+another process held the database). Decisions are written at once and may
+wait the full timeout: they must not be lost. Counts of the current minute are added up across
 processes; the learned averages are the last writer's (they move slowly).
 With ``sync_seconds = 0`` every check reads and writes the row.
 """
@@ -16,6 +22,7 @@ With ``sync_seconds = 0`` every check reads and writes the row.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from idmint.ca.anomaly import metrics, store
@@ -33,12 +41,17 @@ from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AnomalyBaseline
 from idmint.ca.storage.recorder import Issuance, RecordSink
+from idmint.errors import IdmintError
+
+log = logging.getLogger(__name__)
 
 #: The caller's address for this request, set by the HTTP layer.
 REQUEST_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "idmint_request_source", default=None
 )
 ACTOR = "system:anomaly"
+#: How long writing counts back may wait for the database (see above).
+STATS_TIMEOUT = 0.1
 
 
 class _Entry(Protocol):
@@ -84,6 +97,7 @@ class AnomalyMonitor:
     _cache: dict[str, _Cached] = field(default_factory=dict)
     _defaults: tuple[float, store.Defaults] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stats_failing: bool = False
 
     def check(self, entry: _Entry, request: Request) -> None:
         """Count, decide, enforce; raise if a standing decision refuses ``request``."""
@@ -211,18 +225,33 @@ class AnomalyMonitor:
         cached = self._cache.get(entry_id)
         if cached is not None and time.monotonic() - cached.loaded < self.settings.sync_seconds:
             return cached
-        if cached is not None and cached.dirty:
-            self._flush(cached, now)
+        if cached is not None and cached.dirty and not self._flushed(cached, now):
+            cached.loaded = time.monotonic()  # counts kept; try again after sync_seconds
+            return cached
         with self.database.reading() as session:
             row = session.get(AnomalyBaseline, entry_id)
             baseline = store.to_baseline(row) if row is not None else store.fresh(entry_id, now)
         made = self._cache[entry_id] = _Cached(baseline, time.monotonic())
         return made
 
-    def _flush(self, cached: _Cached, now: datetime) -> None:
+    def _flushed(self, cached: _Cached, now: datetime) -> bool:
+        """Write counts back if the database answers within STATS_TIMEOUT."""
+        try:
+            self._flush(cached, now, STATS_TIMEOUT)
+        except (IdmintError, SQLAlchemyError) as error:
+            if not self._stats_failing:
+                log.warning("anomaly: counts not written back (kept for the next try): %s", error)
+            self._stats_failing = True
+            return False
+        if self._stats_failing:
+            log.warning("anomaly: counts written back again")
+        self._stats_failing = False
+        return True
+
+    def _flush(self, cached: _Cached, now: datetime, timeout: float | None = None) -> None:
         """Write this process's view back: counts added, the standing decision if it made one."""
         baseline = cached.baseline
-        with self.database.session() as session:
+        with self.database.session(timeout) as session:
             row = session.get(AnomalyBaseline, baseline.entry_id, with_for_update=True)
             if row is None:
                 store.write(session, baseline, now, ())

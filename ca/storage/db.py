@@ -146,10 +146,24 @@ class Database:
             self._lock.release()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        with self._serialised(), self._sessions() as session, session.begin():
-            yield session
+    def session(self, timeout: float | None = None) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error.
+
+        ``timeout``: how long this transaction may wait for the database in
+        all (write turn and locks; default: the configured timeout).
+        """
+        with self._serialised(timeout), self._sessions() as session, session.begin():
+            limit = self._waits(timeout)
+            if limit is None:
+                yield session
+                return
+            raw = session.connection().connection
+            self._limit_waits(raw, limit)
+            try:
+                yield session
+                session.flush()  # the writes wait under the limit, not after it
+            finally:
+                self._limit_waits(raw, None)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -7,10 +7,13 @@ needed to learn); the phases that act go through ``Issuer.issue_*`` itself.
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
@@ -31,7 +34,7 @@ from idmint.ca.revocation.ocsp import respond
 from idmint.ca.revocation.revocations import revoked_identifiers
 from idmint.ca.spiffe_id import TrustDomain
 from idmint.ca.storage.db import Database
-from idmint.ca.storage.models import AuditEvent, AuthorityKind, CredentialKind
+from idmint.ca.storage.models import AnomalyBaseline, AuditEvent, AuthorityKind, CredentialKind
 from idmint.ca.storage.recorder import Recorder
 from idmint.hsm import KeyStore
 
@@ -357,3 +360,36 @@ def test_observe_only_policy_never_refuses(world: World) -> None:
         world.clock.now = minute + timedelta(seconds=i)
         world.issuer.issue_x509((), CSR, granted=entry.spiffe_id)
     assert store.get(world.database, entry.id).action is None
+
+
+def test_a_locked_database_neither_fails_nor_holds_up_a_check(tmp_path: Path) -> None:
+    """Counts are written back best-effort: a database held by another process costs
+    a check at most STATS_TIMEOUT, not the database timeout, and no count is lost."""
+    from idmint.ca.storage.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'idmint.db'}"
+    migrate(url)
+    database = Database(url, timeout=30.0)  # a stuck write would show as a 30 s wait
+    monitor = AnomalyMonitor(database, Settings(sync_seconds=0.05), Recorder(database))
+    entry = SimpleNamespace(id="entry-1", spiffe_id="spiffe://example.org/locked")
+    REQUEST_SOURCE.set("10.1.2.3")
+    monitor.check(entry, Request("x509", START))  # read, counted, not yet written
+    holder = sqlite3.connect(tmp_path / "idmint.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        for n in range(1, 4):
+            time.sleep(0.06)  # past sync_seconds: each check tries to write back
+            monitor.check(entry, Request("x509", START + timedelta(seconds=n)))
+        held_up = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert held_up < 10.0, f"checks waited {held_up:.1f} s for a locked database"
+    time.sleep(0.06)
+    monitor.check(entry, Request("x509", START + timedelta(seconds=5)))  # writes back now
+    with database.reading() as session:
+        row = session.get(AnomalyBaseline, "entry-1")
+        assert row is not None
+        assert row.window_count == 4  # the three made while locked were kept
+    database.close()
