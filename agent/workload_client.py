@@ -3,7 +3,8 @@
 Follows ``FetchX509SVID`` on the agent's socket and hands out each update as
 PEM (what servers such as nginx read from files). It reconnects with
 back-off when the stream breaks. Uses the generated stubs of
-:mod:`idmint.agent.proto`, so it must not share a process with py-spiffe.
+:mod:`idmint.agent.proto` (in a descriptor pool of their own, so py-spiffe
+may be imported beside it).
 """
 
 from __future__ import annotations

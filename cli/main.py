@@ -24,7 +24,7 @@ from idmint import __version__
 from idmint.errors import IdmintError
 
 #: The modules each extra of setup.cfg brings (import names, not distributions).
-EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+EXTRA_MODULES = {
     "server": (
         "pkcs11",
         "josepy",
@@ -37,8 +37,6 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "jwt",
     ),
 }
-# The agent reuses the CA's JOSE and SPIFFE ID code (setup.cfg: agent = idmint[server] + gRPC).
-EXTRA_MODULES["agent"] = (*EXTRA_MODULES["server"], "grpc", "google.protobuf")
 
 
 class LazyCommand(NamedTuple):
@@ -102,10 +100,12 @@ COMMANDS = {
     "svid": LazyCommand(
         "idmint.cli.svid_commands:svid", "Get SVIDs from an idmint server or agent."
     ),
+    # list/show/ban need only [server]; running the agent itself names
+    # [agent] when gRPC is missing (idmint.cli.agent_commands).
     "agent": LazyCommand(
         "idmint.cli.agent_commands:agent",
         "Run the node agent (SPIFFE Workload API), or manage agents (list, show, ban).",
-        "agent",
+        "server",
     ),
 }
 

@@ -24,6 +24,14 @@ a key of its own::
 and its contexts follow the files as the helper rewrites them. That path
 imports only ``ssl``: cryptography is loaded when a key or CSR is made, or
 when ``.svid`` is first read.
+
+Behind a node agent (``idmint agent``), a service needs no evidence at all:
+the agent identifies it from the kernel and pushes each renewal::
+
+    workload = from_workload_api()   # SPIFFE_ENDPOINT_SOCKET, or socket="unix:///PATH"
+    server_ctx = workload.server_context()
+
+(That one needs the ``[agent]`` extra, for gRPC.)
 """
 
 from __future__ import annotations
@@ -46,10 +54,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SVID",
+    "AgentWorkload",
     "DirectoryWorkload",
     "Workload",
     "WorkloadError",
     "from_directory",
+    "from_workload_api",
     "peer_spiffe_id",
     "start",
 ]
@@ -295,19 +305,11 @@ class DirectoryWorkload(_Contexts):
     @property
     def svid(self) -> SVID:
         """The SVID the files hold now (parsed on first use after each change)."""
-        from cryptography import x509
-
         stamp = self._stamp()
         if self._svid is None or self._svid[0] != stamp:
             chain = (self.directory / "svid.pem").read_text()
             bundle = (self.directory / "bundle.pem").read_text()
-            leaf = x509.load_pem_x509_certificates(chain.encode())[0]
-            uris = leaf.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName
-            ).value.get_values_for_type(x509.UniformResourceIdentifier)
-            expires = leaf.not_valid_after_utc.isoformat().replace("+00:00", "Z")
-            svid = SVID(uris[0], chain, bundle, expires, format(leaf.serial_number, "x"))
-            self._svid = (stamp, svid)
+            self._svid = (stamp, _svid_of(chain, bundle))
         return self._svid[1]
 
     def _follow(self) -> None:
@@ -324,6 +326,88 @@ class DirectoryWorkload(_Contexts):
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _svid_of(chain_pem: str, bundle_pem: str) -> SVID:
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificates(chain_pem.encode())[0]
+    uris = leaf.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    expires = leaf.not_valid_after_utc.isoformat().replace("+00:00", "Z")
+    return SVID(uris[0], chain_pem, bundle_pem, expires, format(leaf.serial_number, "x"))
+
+
+class AgentWorkload(_Contexts):
+    """SSL contexts that follow the SVID the local agent pushes on the Workload API.
+
+    Python's ssl loads a certificate and key only from files, so each update
+    is written to a private directory (0700, the key 0600) that
+    :meth:`close` removes; nothing else of the key leaves this process.
+    """
+
+    def __init__(self, socket: str, spiffe_id: str | None = None, wait: float = 30.0) -> None:
+        import tempfile
+
+        try:
+            from idmint.agent.workload_client import x509_updates
+        except ImportError as missing:
+            raise WorkloadError(
+                f"the Workload API needs the [agent] extra: pip install 'idmint[agent]' ({missing})"
+            ) from None
+        super().__init__()
+        self.socket = socket
+        self._svid_dir = Path(tempfile.mkdtemp(prefix="idmint-workload-"))
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._failed: Exception | None = None
+        self.svid: SVID | None = None
+        self._updates = x509_updates(socket, spiffe_id, follow=True)
+        threading.Thread(target=self._follow, name="idmint-workload-api", daemon=True).start()
+        if not self._first.wait(wait):
+            self.close()
+            raise WorkloadError(f"no X509-SVID from the agent at {socket} within {wait:g} s")
+        if self._failed is not None:
+            self.close()
+            raise WorkloadError(f"the agent at {socket} gave no X509-SVID: {self._failed}")
+
+    def _follow(self) -> None:
+        try:
+            for update in self._updates:
+                if self._stop.is_set():
+                    return
+                key_file = self._svid_dir / "svid.key"
+                descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(update.key_pem)
+                (self._svid_dir / "svid.pem").write_text(update.chain_pem)
+                (self._svid_dir / "bundle.pem").write_text(update.bundle_pem)
+                with self._lock:
+                    self.svid = _svid_of(update.chain_pem, update.bundle_pem)
+                    self._reload()
+                self._first.set()
+        except Exception as error:  # the agent refused (PermissionDenied, ...): say it
+            self._failed = error
+            self._first.set()
+
+    def close(self) -> None:
+        import shutil
+
+        self._stop.set()
+        shutil.rmtree(self._svid_dir, ignore_errors=True)
+
+
+def from_workload_api(
+    socket: str | None = None, spiffe_id: str | None = None, wait: float = 30.0
+) -> AgentWorkload:
+    """Contexts from the local agent's Workload API (``SPIFFE_ENDPOINT_SOCKET`` by default)."""
+    address = socket or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+    if not address:
+        raise WorkloadError(
+            "no Workload API socket: pass socket= or set SPIFFE_ENDPOINT_SOCKET=unix:///PATH"
+        )
+    return AgentWorkload(address, spiffe_id, wait)
 
 
 def from_directory(

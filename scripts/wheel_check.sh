@@ -4,7 +4,11 @@
 #   1. only idmint/ (and its .dist-info) is top-level in the wheel;
 #   2. with [server]: init -> server -> entry + token -> svid x509 (checked
 #      with openssl) -> audit verify, the server stopped by its PID;
-#   3. the bare wheel with only cryptography: idmint.workload imports and
+#   3. with [agent] too: `idmint agent` attests with a node join token and a
+#      process of this uid gets its SVID from the Workload API socket
+#      (`idmint svid x509 --socket`, checked with openssl), the agent stopped
+#      by its PID;
+#   4. the bare wheel with only cryptography: idmint.workload imports and
 #      loads nothing of the server; with its own dependencies (click) the
 #      server commands name the extra they need, and its `idmint svid x509`
 #      gets an SVID from the server of step 2.
@@ -19,11 +23,16 @@ fi
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/idmint-wheel.XXXXXX")
 server_pid=""
-cleanup() {
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
+agent_pid=""
+stop_pid() {
+    if [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; then
+        kill "$1" 2>/dev/null || true
+        wait "$1" 2>/dev/null || true
     fi
+}
+cleanup() {
+    stop_pid "$agent_pid"
+    stop_pid "$server_pid"
     rm -rf "$scratch"
 }
 trap cleanup EXIT
@@ -49,6 +58,9 @@ unexpected=$(echo "$top_level" | grep -v -x -e idmint -e 'idmint-[0-9.]*\.dist-i
 listing=$(unzip -Z1 "$wheel")
 grep -q '^idmint/ca/storage/migrations/versions/0001_.*\.py$' <<<"$listing" \
     || fail "the migrations are not in the wheel"
+for file in workload_pb2.py workload_pb2_grpc.py workload.proto LICENSE; do
+    grep -q "^idmint/agent/proto/$file\$" <<<"$listing" || fail "agent/proto/$file is not in the wheel"
+done
 
 # Run outside the checkout, with no idmint or SoftHSM settings inherited, so
 # nothing but the installed wheel can be imported.
@@ -104,6 +116,39 @@ openssl x509 -in "$scratch/svid/svid.pem" -out "$scratch/leaf.pem"
 openssl verify -CAfile "$scratch/svid/bundle.pem" -untrusted "$scratch/svid/svid.pem" \
     "$scratch/leaf.pem" >/dev/null || fail "openssl does not verify the SVID against the bundle"
 say "openssl verifies the X509-SVID for $spiffe_id"
+
+say "agent: the wheel with [agent]; a process of uid $(id -u) gets its SVID from the socket"
+"$server_bin/pip" install "${pip_quiet[@]}" "${wheel}[agent]" >>"$scratch/install.log" 2>&1 \
+    || { cat "$scratch/install.log" >&2; fail "pip install ${wheel}[agent]"; }
+agent_token=$("${idmint[@]}" token create --data-dir "$data" --agent --output json)
+agent_id=$("$server_bin/python" -c 'import json, sys; print(json.load(sys.stdin)["spiffe_id"])' \
+    <<<"$agent_token")
+(umask 077 && "$server_bin/python" -c 'import json, sys; print(json.load(sys.stdin)["token"])' \
+    <<<"$agent_token" >"$scratch/agent-token")
+workload_id="spiffe://$trust_domain/wheel-agent-workload"
+"${idmint[@]}" entry create --data-dir "$data" --spiffe-id "$workload_id" --parent-id "$agent_id" \
+    --selector "unix:uid:$(id -u)" --owner wheel-check --expires-at 1d >/dev/null
+socket="$scratch/agent.sock"
+"${idmint[@]}" agent --server "https://127.0.0.1:$port" --bundle "$bundle" \
+    --join-token-file "$scratch/agent-token" --socket "$socket" >"$scratch/agent.log" 2>&1 &
+agent_pid=$!
+for _ in $(seq 1 150); do
+    [[ -S "$socket" ]] && break
+    kill -0 "$agent_pid" 2>/dev/null || { cat "$scratch/agent.log" >&2; fail "idmint agent exited"; }
+    sleep 0.2
+done
+[[ -S "$socket" ]] || { cat "$scratch/agent.log" >&2; fail "no agent socket after 30 s"; }
+"${idmint[@]}" svid x509 --socket "$socket" --out "$scratch/agent-svid" >&2 \
+    || { cat "$scratch/agent.log" >&2; fail "idmint svid x509 --socket"; }
+openssl x509 -in "$scratch/agent-svid/svid.pem" -noout -ext subjectAltName \
+    | grep -q "URI:$workload_id" || fail "the agent's SVID does not name $workload_id"
+openssl x509 -in "$scratch/agent-svid/svid.pem" -out "$scratch/agent-leaf.pem"
+openssl verify -CAfile "$scratch/agent-svid/bundle.pem" -untrusted "$scratch/agent-svid/svid.pem" \
+    "$scratch/agent-leaf.pem" >/dev/null || fail "openssl does not verify the agent's SVID"
+[[ $(stat -c %a "$scratch/agent-svid/svid.key") == 600 ]] || fail "svid.key is not 0600"
+stop_pid "$agent_pid"
+agent_pid=""
+say "openssl verifies the X509-SVID for $workload_id from the agent's Workload API"
 
 say "client venv: the bare wheel with only cryptography"
 "$python" -m venv "$scratch/client-venv"
