@@ -35,8 +35,9 @@ from idmint.errors import IdmintError
 
 log = logging.getLogger("idmint.agent")
 
-#: Returns node evidence for /v1/agent/attest, or None when there is none left.
-Evidence = Callable[[], dict[str, Any] | None]
+#: Returns node evidence for /v1/agent/attest, or None when there is none left;
+#: given the server client (x509pop asks the server for a nonce to sign).
+Evidence = Callable[[ServerClient], dict[str, Any] | None]
 MAX_BACKOFF = 30.0
 #: CSRs per signing request (the server takes 256, and 64 KiB bodies: ~100 CSRs).
 BATCH = 100
@@ -158,7 +159,7 @@ class Manager:
             self._attest()
 
     def _attest(self) -> None:
-        evidence = self.evidence()
+        evidence = self.evidence(self.client)
         if evidence is None:
             raise AgentError(
                 "the agent needs to attest but has no usable node evidence left "

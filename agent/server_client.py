@@ -117,6 +117,13 @@ class ServerClient:
         self.svid = svid
         return svid
 
+    def nonce(self) -> str:
+        """A single-use nonce from the server, for x509pop evidence."""
+        _, _, answer = self._call("GET", "/v1/nonce", prove=False)
+        if not isinstance(answer, dict) or not isinstance(answer.get("nonce"), str):
+            raise AgentError("the server's /v1/nonce answer has no nonce")
+        return str(answer["nonce"])
+
     def attest(self, evidence: dict[str, Any]) -> AgentSVID:
         """Node evidence -> the agent SVID."""
         key, csr = new_key_and_csr()

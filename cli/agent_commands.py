@@ -26,33 +26,68 @@ DEFAULT_SOCKET = "/run/idmint/agent.sock"
 
 
 def _evidence(
-    join_token_file: str | None, oidc_token_file: str | None, k8s_token_file: str | None
+    join_token_file: str | None,
+    oidc_token_file: str | None,
+    k8s_token_file: str | None,
+    x509pop: tuple[str | None, str | None] = (None, None),
 ) -> Any:
-    """A callable giving node evidence: a join token once, token files on every call."""
+    """A callable giving node evidence: a join token once; token files and x509pop every time."""
     # From the environment, never only argv (ps shows argv to every user).
     env_token = os.environ.pop("IDMINT_JOIN_TOKEN", None)
-    given = [v for v in (join_token_file, oidc_token_file, k8s_token_file, env_token) if v]
+    cert_file, key_file = x509pop
+    if bool(cert_file) != bool(key_file):
+        raise click.UsageError("x509pop needs both --x509pop-cert and --x509pop-key")
+    given = [
+        v for v in (join_token_file, oidc_token_file, k8s_token_file, env_token, cert_file) if v
+    ]
     if len(given) != 1:
         raise click.UsageError(
             "give exactly one of --join-token-file (or IDMINT_JOIN_TOKEN), "
-            "--oidc-token-file, --k8s-token-file"
+            "--oidc-token-file, --k8s-token-file, --x509pop-cert/--x509pop-key"
         )
     if join_token_file or env_token:
         token = env_token or Path(str(join_token_file)).read_text(encoding="utf-8").strip()
         left = [token]
 
-        def join_token() -> dict[str, Any] | None:
+        def join_token(_client: Any) -> dict[str, Any] | None:
             return {"type": "join_token", "token": left.pop()} if left else None
 
         return join_token
+    if cert_file and key_file:
+        return _x509pop(Path(cert_file), Path(key_file))
     path = Path(str(oidc_token_file or k8s_token_file))
     kind = "oidc" if oidc_token_file else "k8s_psat"
 
-    def token_file() -> dict[str, Any] | None:
+    def token_file(_client: Any) -> dict[str, Any] | None:
         # Re-read each time: the platform rotates these files.
         return {"type": kind, "token": path.read_text(encoding="utf-8").strip()}
 
     return token_file
+
+
+def _x509pop(cert_file: Path, key_file: Path) -> Any:
+    """Proof of possession of a bootstrap certificate, over a fresh server nonce each time."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from idmint.attestation.x509pop import sign_nonce
+
+    chain = cert_file.read_text(encoding="ascii")
+    try:
+        key = load_pem_private_key(key_file.read_bytes(), None)
+    except (ValueError, TypeError) as error:
+        raise click.BadParameter(
+            f"{key_file} is not an unencrypted PEM private key ({error})",
+            param_hint="--x509pop-key",
+        ) from None
+
+    def proof(client: Any) -> dict[str, Any] | None:
+        nonce = client.nonce()
+        signature = base64.b64encode(sign_nonce(key, nonce)).decode("ascii")
+        return {"type": "x509pop", "nonce": nonce, "chain": chain, "signature": signature}
+
+    return proof
 
 
 def _listen(text: str | None) -> tuple[str, int] | None:
@@ -79,6 +114,16 @@ def _listen(text: str | None) -> tuple[str, int] | None:
 @click.option("--oidc-token-file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--k8s-token-file", type=click.Path(exists=True, dir_okay=False))
 @click.option(
+    "--x509pop-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Node certificate (PEM chain) from a bootstrap CA the server trusts.",
+)
+@click.option(
+    "--x509pop-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Its private key (PEM, unencrypted; keep it 0600).",
+)
+@click.option(
     "--socket",
     "socket_path",
     default=DEFAULT_SOCKET,
@@ -98,6 +143,8 @@ def agent(
     join_token_file: str | None,
     oidc_token_file: str | None,
     k8s_token_file: str | None,
+    x509pop_cert: str | None,
+    x509pop_key: str | None,
     socket_path: str,
     sync_interval: float,
     unix_path: bool,
@@ -110,7 +157,9 @@ def agent(
         return
     if not server or not bundle:
         raise click.UsageError("the agent needs --server and --bundle")
-    evidence = _evidence(join_token_file, oidc_token_file, k8s_token_file)
+    evidence = _evidence(
+        join_token_file, oidc_token_file, k8s_token_file, (x509pop_cert, x509pop_key)
+    )
     try:
         from idmint.agent.runner import Agent, AgentOptions
     except ImportError as missing:
