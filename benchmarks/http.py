@@ -17,7 +17,10 @@ floor for a separate load generator.
 
 Stacks (``--stacks``): the same server with its per-request log line on (the
 default) and off (``[log] level = "warning"``), each its own data directory,
-measured in the same interleaved rounds.
+measured in the same interleaved rounds. ``--build NAME=PATH`` adds a stack
+run by another build's ``idmint`` (e.g. ``.venv/bin/idmint`` of a worktree at
+an older commit), for before/after figures from the same rounds; its
+database must take the join tokens this build mints (same join_tokens table).
 
 Peer: cfssl (``apt-get install -y golang-cfssl wrk``; Debian's cfssl 1.2.0),
 ``cfssl serve`` on loopback with a software P-256 CA and TLS, under the same
@@ -41,7 +44,7 @@ tree (and redis-server's) over the round, per successful request.
 Usage: python benchmarks/http.py [--seconds 5] [--rounds 3] [--clients 16] [--workers 2]
                                  [--client wrk|python] [--no-cfssl] [--py-spy 10]
                                  [--stacks access_log_on,access_log_off]
-                                 [--limits off|redis|redis-all]
+                                 [--limits off|redis|redis-all] [--build NAME=PATH ...]
 """
 
 from __future__ import annotations
@@ -81,8 +84,6 @@ from benchmarks.serving import clean_env, start_server
 from idmint.attestation.join_token import new_token, token_hash
 from idmint.ca.storage.db import Database
 from idmint.client import new_key_and_csr, x509_request
-
-IDMINT = [IDMINT_PATH]
 
 
 def mint_tokens(database: Database, spiffe_id: str, count: int) -> list[str]:
@@ -433,6 +434,8 @@ class Stack:
     limits: str | None = None
     #: Processes besides the server whose CPU counts for this stack (redis-server).
     helpers: tuple[int, ...] = ()
+    #: The idmint executable that runs this stack (another build for --build).
+    idmint: str = IDMINT_PATH
 
     @classmethod
     def prepare(
@@ -442,11 +445,12 @@ class Stack:
         args: argparse.Namespace,
         access_log: bool,
         limits: str | None = None,
+        idmint: str = IDMINT_PATH,
     ) -> Stack:
         environment = clean_env()
         data = root / name
         subprocess.run(
-            [*IDMINT, "init", "--data-dir", str(data), "--trust-domain", "bench.test"],
+            [idmint, "init", "--data-dir", str(data), "--trust-domain", "bench.test"],
             check=True, capture_output=True, env=environment,
         )  # fmt: skip
         if not access_log:  # the app's request log lines are written at level info
@@ -457,7 +461,7 @@ class Stack:
                 config.write(limits)
         for kind in ("x509", "jwt"):
             subprocess.run(
-                [*IDMINT, "entry", "create", "--data-dir", str(data),
+                [idmint, "entry", "create", "--data-dir", str(data),
                  "--spiffe-id", f"spiffe://bench.test/{kind}", "--selector", "join_token:any:true",
                  "--owner", "bench", "--expires-at", "1d", "--audience", "bench"],
                 check=True, capture_output=True, env=environment,
@@ -477,13 +481,14 @@ class Stack:
             [_body(t, None) for t in jwt_tokens],
             [_body(t, csr) for t in spy_tokens],
             limits=limits,
+            idmint=idmint,
         )
 
     def start(self, args: argparse.Namespace) -> None:
         unlimited = ("--rate-limit", "none") if self.limits is None else ()
         self.server, self.port = start_server(
             self.data, "--workers", str(args.workers), "--threads", str(args.threads),
-            *unlimited, log=self.data.parent / f"{self.name}.log",
+            *unlimited, log=self.data.parent / f"{self.name}.log", idmint=self.idmint,
         )  # fmt: skip
         bundle = str(self.data / "server" / "bundle.pem")
         # Warm every worker (sessions, caches) before timing.
@@ -589,6 +594,13 @@ def main() -> None:
     )
     parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--limits", choices=("off", "redis", "redis-all"), default="off")
+    parser.add_argument(
+        "--build",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another build's idmint executable, measured as stack NAME (access log on)",
+    )
     args = parser.parse_args()
     use_cfssl = not args.no_cfssl and args.client == "wrk" and shutil.which("cfssl") is not None
     levels: list[str] = []
@@ -597,6 +609,11 @@ def main() -> None:
             Stack.prepare(Path(scratch), name, args, access_log=(name == "access_log_on"))
             for name in args.stacks
         ]
+        for build in args.build:
+            name, _, path = build.partition("=")
+            if not name or not os.access(path, os.X_OK):
+                parser.error(f"--build {build!r}: want NAME=PATH of an idmint executable")
+            stacks.append(Stack.prepare(Path(scratch), name, args, access_log=True, idmint=path))
         if args.limits != "off":
             from tests.redis_server import redis_server
 

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def start_server(
-    data: Path, *extra: str, log: Path | None = None
+    data: Path, *extra: str, log: Path | None = None, idmint: str = IDMINT
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``idmint server`` on a free loopback port; returns once /readyz answers 200."""
     import http.client
@@ -35,7 +35,7 @@ def start_server(
     port = free_port()
     with log.open("wb") if log else open(os.devnull, "wb") as output:
         server = subprocess.Popen(
-            [IDMINT, "server", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", *extra],
+            [idmint, "server", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", *extra],
             stdout=output,
             stderr=subprocess.STDOUT,
             env=clean_env(),
