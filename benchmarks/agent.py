@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.serving import IDMINT, clean_env, free_port, start_server
 from idmint.ca.authority.authorities import active, signing_key
 from idmint.ca.config import load
+from idmint.ca.issuance.entries import record_change
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AuthorityKind, Entry
 from idmint.ca.x509.csr import check_csr
@@ -210,11 +211,14 @@ def wait_svids(port: int, count: int, process: Any, timeout: float = 300) -> flo
 def bulk_entries(database: Database, parent: str, count: int, prefix: str) -> None:
     """Entries inserted in bulk (setup only; the admin API path is tested elsewhere)."""
     now = datetime.now(UTC)
+    ids = [str(uuid.uuid4()) for _ in range(count)]
     with database.session() as session:
-        for n in range(count):
+        # The change log too: a running server's entry index follows it.
+        record_change(session, ids, now)
+        for n, entry_id in enumerate(ids):
             session.add(
                 Entry(
-                    id=str(uuid.uuid4()),
+                    id=entry_id,
                     spiffe_id=f"spiffe://bench.test/{prefix}/{n}",
                     selectors=[f"unix:uid:{100000 + n}"],
                     x509_ttl_seconds=3600,

@@ -11,7 +11,7 @@ from idmint.cli.options import data_dir_option
 @data_dir_option
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT for HTTPS.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--san", "sans", multiple=True, help="Extra DNS name or IP for the TLS certificate.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Use this certificate chain.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Key for --tls-cert.")
