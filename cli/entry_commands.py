@@ -9,7 +9,7 @@ import click
 
 from idmint.cli import admin_client
 from idmint.cli.context import data_directory, resolve_data_dir
-from idmint.cli.options import Duration, Moment, cli_actor, data_dir_option
+from idmint.cli.options import Duration, Moment, cli_actor, data_dir_option, invoking_user
 from idmint.cli.output import emit_fields, emit_json, output_option
 
 if TYPE_CHECKING:
@@ -78,7 +78,12 @@ def entry() -> None:
     required=True,
     help="type:value, all must match (repeat).",
 )
-@click.option("--owner", required=True, help="Who is responsible for this identity.")
+@click.option(
+    "--owner",
+    default=invoking_user,
+    show_default="the invoking user",
+    help="Who is responsible for this identity (a team, person or service).",
+)
 @click.option("--expires-at", type=Moment(), required=True, help="ISO 8601 time or 90d.")
 @click.option("--x509-ttl", type=Duration(), default="10m", show_default=True)
 @click.option("--jwt-ttl", type=Duration(), default="5m", show_default=True)

@@ -152,3 +152,22 @@ def test_bundle_jwks_has_the_root_with_x5c(idmint: Runner, data_dir: Path) -> No
     assert root["use"] == "x509-svid" and root["kty"] == "EC" and len(root["x5c"]) == 1
     assert "kid" not in root
     assert jwks["spiffe_sequence"] >= 1 and jwks["spiffe_refresh_hint"] > 0
+
+
+def test_the_owner_defaults_to_the_invoking_user(idmint: Runner, data_dir: Path) -> None:
+    import os
+    import pwd
+
+    def owner(name: str, env: dict[str, str | None]) -> object:
+        done = idmint(
+            "entry", "create", "--data-dir", str(data_dir), "--spiffe-id",
+            f"spiffe://example.org/{name}", "--selector", "join_token:any:true",
+            "--expires-at", "30d", "--output", "json", env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["owner"]
+
+    # A root shell or a container without $USER: the password database names us.
+    unset: dict[str, str | None] = dict.fromkeys(("LOGNAME", "USER", "LNAME", "USERNAME"))
+    assert owner("no-user", unset) == pwd.getpwuid(os.getuid()).pw_name
+    assert owner("with-user", {**unset, "USER": "ops-alice"}) == "ops-alice"
