@@ -18,7 +18,13 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import AmbiguousEntry, EntryNotFound, InvalidEntry, NoMatchingEntry
+from idmint.ca.errors import (
+    AmbiguousEntry,
+    DuplicateEntry,
+    EntryNotFound,
+    InvalidEntry,
+    NoMatchingEntry,
+)
 from idmint.ca.spiffe_id import SpiffeID, TrustDomain
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -255,6 +261,32 @@ def _fields(spec: EntrySpec) -> dict[str, Any]:
     }
 
 
+#: The fields that make two entries the same grant; an entry identical in
+#: them to another would only shadow it (match() picks one of the two).
+_IDENTITY = {"spiffe_id", "selectors", "parent_id", "node_selectors"}
+
+
+def _refuse_duplicate(session: Session, spec: EntrySpec, exclude: str | None = None) -> None:
+    """Raise DuplicateEntry naming an existing entry identical to ``spec`` (validated)."""
+    query = select(Entry).where(Entry.spiffe_id == spec.spiffe_id)
+    if exclude is not None:
+        query = query.where(Entry.id != exclude)
+    selectors, node_selectors = set(spec.selectors), set(spec.node_selectors)
+    for row in session.scalars(query.order_by(Entry.created_at, Entry.id)):
+        if (
+            row.parent_id == spec.parent_id
+            and set(row.selectors) == selectors
+            and set(row.node_selectors or ()) == node_selectors
+        ):
+            parent = f", parent {spec.parent_id}" if spec.parent_id else ""
+            nodes = f", node selectors {sorted(node_selectors)}" if node_selectors else ""
+            raise DuplicateEntry(
+                f"entry {row.id} already grants {spec.spiffe_id} for the selectors "
+                f"{sorted(selectors)}{parent}{nodes}; change that one "
+                f"(idmint entry update {row.id}) instead of adding a twin"
+            )
+
+
 class EntryStore:
     """CRUD on entries; every change is audited in the same transaction."""
 
@@ -267,10 +299,13 @@ class EntryStore:
         checked = validate(spec, self.trust_domain, now)
         row = Entry(id=str(uuid.uuid4()), created_at=now, updated_at=now, **_fields(checked))
         with self.database.session() as session:
+            # The revision row's lock first: two identical creates at once
+            # are serialised, so the second finds the first (on every replica).
+            record_change(session, [row.id], now)
+            _refuse_duplicate(session, checked)
             session.add(row)
             session.flush()
             view = EntryView.of(row)
-            record_change(session, [view.id], now)
             audit.append(
                 session,
                 [audit.Event("entry.create", view.spiffe_id, actor, detail=view.to_json(), at=now)],
@@ -303,6 +338,10 @@ class EntryStore:
             )
             merged = EntrySpec(**{**current.__dict__, **changes})
             checked = validate(merged, self.trust_domain, now)
+            # Only when the identity changes: an update of two twins made
+            # before duplicates were refused (a TTL, disabling one) still works.
+            if _IDENTITY & set(changes):
+                _refuse_duplicate(session, checked, exclude=entry_id)
             for name, value in _fields(checked).items():
                 setattr(row, name, value)
             row.updated_at = now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,43 @@ def test_the_owner_defaults_to_the_invoking_user(idmint: Runner, data_dir: Path)
     unset: dict[str, str | None] = dict.fromkeys(("LOGNAME", "USER", "LNAME", "USERNAME"))
     assert owner("no-user", unset) == pwd.getpwuid(os.getuid()).pw_name
     assert owner("with-user", {**unset, "USER": "ops-alice"}) == "ops-alice"
+
+
+def _entry(idmint: Runner, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return idmint(
+        "entry", "create", "--data-dir", str(data), "--expires-at", "30d", "--owner", "ops",
+        "--output", "json", *args,
+    )  # fmt: skip
+
+
+def test_an_identical_entry_is_refused_naming_the_first(idmint: Runner, data_dir: Path) -> None:
+    same = ("--spiffe-id", "spiffe://example.org/twin", "--selector", "join_token:any:true",
+            "--selector", "k8s:ns:prod")  # fmt: skip
+    first = _entry(idmint, data_dir, *same)
+    assert first.returncode == 0, first.stderr
+    first_id = json.loads(first.stdout)["id"]
+    events = json.loads(
+        idmint("audit", "verify", "--data-dir", str(data_dir), "--output", "json").stdout
+    )["events"]
+
+    # The selectors in another order and another TTL: still the same grant.
+    twin = _entry(
+        idmint, data_dir, "--spiffe-id", "spiffe://example.org/twin", "--selector",
+        "k8s:ns:prod", "--selector", "join_token:any:true", "--x509-ttl", "5m",
+    )  # fmt: skip
+    assert twin.returncode == 1
+    assert f"entry {first_id} already grants spiffe://example.org/twin" in twin.stderr
+    listed = json.loads(
+        idmint("entry", "list", "--data-dir", str(data_dir), "--output", "json").stdout
+    )
+    assert [e["id"] for e in listed] == [first_id]
+    after = json.loads(
+        idmint("audit", "verify", "--data-dir", str(data_dir), "--output", "json").stdout
+    )["events"]
+    assert after == events
+
+    # One selector more, or a parent: another grant.
+    assert _entry(idmint, data_dir, *same, "--selector", "k8s:sa:web").returncode == 0
+    parented = _entry(idmint, data_dir, *same, "--parent-id",
+                      "spiffe://example.org/idmint/agent/join_token/n1")  # fmt: skip
+    assert parented.returncode == 0, parented.stderr
