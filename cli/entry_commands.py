@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -133,13 +134,22 @@ def create(
         spec["parent_id"] = parent_id
     directory = resolve_data_dir(data_dir)
     if admin_client.available(directory):
-        _print(admin_client.call(directory, "POST", "/v1/entries", _json_spec(spec)), output)
+        made = admin_client.call(directory, "POST", "/v1/entries", _json_spec(spec))
+        _warn(made.pop("warnings", None) or ())
+        _print(made, output)
         return
-    from idmint.ca.issuance.entries import EntrySpec
+    from idmint.ca.issuance.entries import EntrySpec, selector_warnings
 
+    entry_spec = EntrySpec(**spec)
     with data_directory(data_dir) as (config, database):
-        view = _store(config, database).create(EntrySpec(**spec), actor=cli_actor())
+        view = _store(config, database).create(entry_spec, actor=cli_actor())
+    _warn(selector_warnings(entry_spec, config.attestors()))
     _print(view, output)
+
+
+def _warn(warnings: Iterable[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @entry.command("list")

@@ -18,6 +18,12 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from idmint.attestation.join_token import JoinTokenAttestor
+from idmint.attestation.k8s_psat import KubernetesPSATAttestor
+from idmint.attestation.oidc import OIDCAttestor
+from idmint.attestation.systemd import SystemdAttestor
+from idmint.attestation.unix import UnixAttestor
+from idmint.attestation.x509pop import X509PoPAttestor
 from idmint.ca.errors import (
     AmbiguousEntry,
     DuplicateEntry,
@@ -49,6 +55,15 @@ AGENT_PATH = "/idmint/agent/"
 #: request carrying them matches parented entries only.
 VIA_AGENT = "idmint_via_agent"
 VIA_NODE = "idmint_via_node"
+
+
+#: Selector types each server-side attestor produces, by attestation type.
+SERVER_SELECTOR_TYPES = {
+    cls.type: cls.selector_types
+    for cls in (JoinTokenAttestor, OIDCAttestor, KubernetesPSATAttestor, X509PoPAttestor)
+}
+#: Selector types an agent's workload attestors produce (always both on).
+WORKLOAD_SELECTOR_TYPES = (UnixAttestor.type, SystemdAttestor.type)
 
 
 def via_agent_selectors(agent_id: str, node_selectors: Iterable[str]) -> list[str]:
@@ -97,6 +112,44 @@ def normalise_selectors(selectors: Iterable[str]) -> list[str]:
     if not result:
         raise InvalidEntry("an entry needs at least one selector")
     return sorted(result)
+
+
+def selector_warnings(spec: EntrySpec, attestors: Iterable[str]) -> list[str]:
+    """Why some of ``spec``'s selectors can never match, given the ``attestors`` served.
+
+    Not an error: an operator may create entries before configuring the
+    attestor that will serve them. An entry served through agents is matched
+    on the agent's workload selectors; one without a parent on the
+    selectors of the server's own attestors.
+    """
+    enabled = sorted(attestors)
+    parented = spec.parent_id is not None or bool(spec.node_selectors)
+    produced = (
+        set(WORKLOAD_SELECTOR_TYPES)
+        if parented
+        else {t for a in enabled for t in SERVER_SELECTOR_TYPES.get(a, ())}
+    )
+    unknown = sorted({s.split(":", 1)[0] for s in spec.selectors} - produced)
+    warnings = []
+    for kind in unknown:
+        if parented:
+            warnings.append(
+                f"selector type {kind!r}: an agent's workload attestors produce only "
+                f"{', '.join(WORKLOAD_SELECTOR_TYPES)} selectors, so this entry served "
+                "through agents can never match"
+            )
+        elif kind in WORKLOAD_SELECTOR_TYPES:
+            warnings.append(
+                f"selector type {kind!r} comes from an agent's workload attestors, and this "
+                f"entry has no --parent-id or --node-selector; the server's attestors "
+                f"({', '.join(enabled)}) never produce it"
+            )
+        else:
+            warnings.append(
+                f"selector type {kind!r} is produced by no attestor configured on this server "
+                f"(configured: {', '.join(enabled)}; [attestation] in idmint.toml)"
+            )
+    return warnings
 
 
 def check_dns_name(name: str) -> str:

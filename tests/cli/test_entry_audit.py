@@ -181,6 +181,36 @@ def _entry(idmint: Runner, data: Path, *args: str) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
+def test_selector_types_no_attestor_produces_are_warned_about(
+    idmint: Runner, data_dir: Path
+) -> None:
+    # A fresh data directory serves join tokens only.
+    direct = _entry(idmint, data_dir, "--spiffe-id", "spiffe://example.org/u", "--selector",
+                    "unix:uid:1000")  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    assert "warning: selector type 'unix'" in direct.stderr
+    assert "--parent-id" in direct.stderr and "(join_token)" in direct.stderr
+    assert json.loads(direct.stdout)["selectors"] == ["unix:uid:1000"]  # created all the same
+
+    k8s = _entry(idmint, data_dir, "--spiffe-id", "spiffe://example.org/k", "--selector",
+                 "k8s:ns:prod")  # fmt: skip
+    assert k8s.returncode == 0, k8s.stderr
+    assert "selector type 'k8s' is produced by no attestor" in k8s.stderr
+    assert "configured: join_token" in k8s.stderr
+
+    # Through an agent, unix and systemd selectors are what the workload attestors make.
+    parented = _entry(
+        idmint, data_dir, "--spiffe-id", "spiffe://example.org/p", "--selector",
+        "unix:uid:1000", "--selector", "systemd:id:web.service", "--parent-id",
+        "spiffe://example.org/idmint/agent/join_token/n1",
+    )  # fmt: skip
+    assert parented.returncode == 0, parented.stderr
+    assert "warning" not in parented.stderr
+    plain = _entry(idmint, data_dir, "--spiffe-id", "spiffe://example.org/j", "--selector",
+                   "join_token:any:true")  # fmt: skip
+    assert plain.returncode == 0 and "warning" not in plain.stderr
+
+
 def test_an_identical_entry_is_refused_naming_the_first(idmint: Runner, data_dir: Path) -> None:
     same = ("--spiffe-id", "spiffe://example.org/twin", "--selector", "join_token:any:true",
             "--selector", "k8s:ns:prod")  # fmt: skip

@@ -1,4 +1,8 @@
-"""Entry checks through a running server: twins refused (409)."""
+"""Entry checks through a running server: twins refused (409), unproduced selectors warned.
+
+The CLI goes through the server's admin socket here, so the warnings are
+about the attestors the server runs (this fixture configures all four).
+"""
 
 from __future__ import annotations
 
@@ -72,3 +76,23 @@ def test_a_twin_entry_gets_409_naming_the_first_and_changes_nothing(server: Serv
     assert done.returncode == 1
     assert f"entry {first} already grants" in done.stderr and "HTTP 409" in done.stderr
     assert [e["id"] for e in _entries(server, spiffe_id)] == [first]
+
+
+def test_the_cli_warns_of_selectors_the_server_attestors_never_produce(server: Server) -> None:
+    def create(name: str, *selectors: str) -> subprocess.CompletedProcess[str]:
+        args = [a for s in selectors for a in ("--selector", s)]
+        done = _idmint(
+            "entry", "create", "--data-dir", str(server.data_dir), "--spiffe-id",
+            f"spiffe://example.org/warn/{name}", "--expires-at", "1d", "--output", "json", *args,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["spiffe_id"].endswith(name)  # stdout stays JSON
+        return done
+
+    unix = create("unix", "unix:uid:1000")
+    assert "warning: selector type 'unix'" in unix.stderr
+    assert "(join_token, k8s_psat, oidc, x509pop)" in unix.stderr
+    typo = create("typo", "k8:ns:prod")
+    assert "selector type 'k8' is produced by no attestor" in typo.stderr
+    # This server runs the Kubernetes and OIDC attestors.
+    assert "warning" not in create("k8s", "k8s:ns:prod", "oidc:ci:sub:repo:x").stderr
