@@ -33,6 +33,8 @@ class Attestor(ABC):
     """Turns one type of evidence into selectors, or raises AttestationFailed."""
 
     type: ClassVar[str]
+    #: The selector types (the part before the first colon) it produces.
+    selector_types: ClassVar[tuple[str, ...]]
 
     @abstractmethod
     def attest(self, evidence: Mapping[str, Any], now: datetime) -> Attested:

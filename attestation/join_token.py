@@ -46,6 +46,7 @@ class JoinTokenAttestor(Attestor):
     """Evidence: ``{"type": "join_token", "token": "..."}``."""
 
     type = "join_token"
+    selector_types = ("join_token",)
 
     def __init__(self, ledger: JoinTokenLedger) -> None:
         self.ledger = ledger

@@ -29,6 +29,7 @@ class KubernetesPSATAttestor(Attestor):
     """Evidence: ``{"type": "k8s_psat", "token": "<projected SA token>"}``."""
 
     type = "k8s_psat"
+    selector_types = ("k8s",)
 
     def __init__(
         self, issuer: str, audience: str, source: JWKSSource, cluster: str | None = None

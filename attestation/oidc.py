@@ -83,6 +83,7 @@ class OIDCAttestor(Attestor):
     """Evidence: ``{"type": "oidc", "token": "<JWT>"}``."""
 
     type = "oidc"
+    selector_types = ("oidc",)
 
     def __init__(self, issuers: Sequence[OIDCIssuer]) -> None:
         self.by_issuer = {i.issuer.rstrip("/"): i for i in issuers}

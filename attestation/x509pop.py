@@ -85,6 +85,7 @@ class X509PoPAttestor(Attestor):
     """Evidence: ``{"type": "x509pop", "nonce", "chain" (PEM), "signature" (base64)}``."""
 
     type = "x509pop"
+    selector_types = ("x509pop",)
 
     def __init__(self, bootstrap_cas: Sequence[x509.Certificate], nonces: NonceLedger) -> None:
         if not bootstrap_cas:

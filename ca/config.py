@@ -189,6 +189,11 @@ class CAConfig:
     def config_path(self) -> Path:
         return self.data_dir / CONFIG_NAME
 
+    def attestors(self) -> list[str]:
+        """The attestation types served: join tokens always; the others when configured."""
+        section = self.extra.get("attestation") or {}
+        return ["join_token", *(k for k in ("oidc", "k8s_psat", "x509pop") if section.get(k))]
+
 
 def default_database_url(data_dir: Path) -> str:
     return f"sqlite:///{(data_dir / DATABASE_NAME).resolve()}"

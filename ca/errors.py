@@ -92,6 +92,12 @@ class InvalidEntry(CAError):
     code = "invalid-entry"
 
 
+class DuplicateEntry(CAError):
+    """An entry with the same SPIFFE ID, selectors, parent and node selectors exists."""
+
+    code = "duplicate-entry"
+
+
 class EntryNotFound(CAError):
     """No entry has this id."""
 

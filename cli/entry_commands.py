@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,7 @@ import click
 
 from idmint.cli import admin_client
 from idmint.cli.context import data_directory, resolve_data_dir
-from idmint.cli.options import Duration, Moment, cli_actor, data_dir_option
+from idmint.cli.options import Duration, Moment, cli_actor, data_dir_option, invoking_user
 from idmint.cli.output import emit_fields, emit_json, output_option
 
 if TYPE_CHECKING:
@@ -78,7 +79,12 @@ def entry() -> None:
     required=True,
     help="type:value, all must match (repeat).",
 )
-@click.option("--owner", required=True, help="Who is responsible for this identity.")
+@click.option(
+    "--owner",
+    default=invoking_user,
+    show_default="the invoking user",
+    help="Who is responsible for this identity (a team, person or service).",
+)
 @click.option("--expires-at", type=Moment(), required=True, help="ISO 8601 time or 90d.")
 @click.option("--x509-ttl", type=Duration(), default="10m", show_default=True)
 @click.option("--jwt-ttl", type=Duration(), default="5m", show_default=True)
@@ -128,13 +134,22 @@ def create(
         spec["parent_id"] = parent_id
     directory = resolve_data_dir(data_dir)
     if admin_client.available(directory):
-        _print(admin_client.call(directory, "POST", "/v1/entries", _json_spec(spec)), output)
+        made = admin_client.call(directory, "POST", "/v1/entries", _json_spec(spec))
+        _warn(made.pop("warnings", None) or ())
+        _print(made, output)
         return
-    from idmint.ca.issuance.entries import EntrySpec
+    from idmint.ca.issuance.entries import EntrySpec, selector_warnings
 
+    entry_spec = EntrySpec(**spec)
     with data_directory(data_dir) as (config, database):
-        view = _store(config, database).create(EntrySpec(**spec), actor=cli_actor())
+        view = _store(config, database).create(entry_spec, actor=cli_actor())
+    _warn(selector_warnings(entry_spec, config.attestors()))
     _print(view, output)
+
+
+def _warn(warnings: Iterable[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @entry.command("list")

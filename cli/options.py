@@ -60,9 +60,24 @@ class Moment(click.ParamType):
         return moment
 
 
+def invoking_user() -> str:
+    """The local user running this command, as getpass finds it.
+
+    getpass reads LOGNAME, USER, LNAME and USERNAME, then the password
+    database, so a root shell or a container without $USER still has a name;
+    a uid with no passwd entry (common in containers) is named by its number.
+    """
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # OSError from Python 3.13 on, KeyError before
+        return f"uid:{os.getuid()}"
+
+
 def cli_actor() -> str:
     """Who runs this command, for the audit log: the local user and host."""
-    import getpass
     import socket
 
-    return f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    return f"cli:{invoking_user()}@{socket.gethostname()}"

@@ -9,7 +9,13 @@ from idmint.cli.options import data_dir_option
 
 @click.command()
 @data_dir_option
-@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT for HTTPS.")
+@click.option(
+    "--listen",
+    envvar="IDMINT_LISTEN",
+    default="127.0.0.1:8443",
+    show_default=True,
+    help="HOST:PORT for HTTPS (or IDMINT_LISTEN).",
+)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--san", "sans", multiple=True, help="Extra DNS name or IP for the TLS certificate.")

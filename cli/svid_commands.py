@@ -17,13 +17,23 @@ from idmint.cli.output import emit_json, output_option
 
 
 def _evidence(
-    join_token: str | None, oidc_token_file: str | None, k8s_token_file: str | None
+    join_token: str | None,
+    join_token_file: str | None,
+    oidc_token_file: str | None,
+    k8s_token_file: str | None,
 ) -> dict[str, Any]:
-    given = [v for v in (join_token, oidc_token_file, k8s_token_file) if v]
+    given = [v for v in (join_token, join_token_file, oidc_token_file, k8s_token_file) if v]
     if len(given) != 1:
         raise click.UsageError(
-            "give exactly one of --join-token, --oidc-token-file, --k8s-token-file"
+            "give exactly one of --join-token-file, --join-token (or IDMINT_JOIN_TOKEN), "
+            "--oidc-token-file, --k8s-token-file"
         )
+    if join_token_file:
+        join_token = Path(join_token_file).read_text(encoding="utf-8").strip()
+        if not join_token:
+            raise click.BadParameter(
+                f"{join_token_file} is empty", param_hint="'--join-token-file'"
+            )
     if join_token:
         return {"type": "join_token", "token": join_token}
     path = oidc_token_file or k8s_token_file
@@ -31,6 +41,13 @@ def _evidence(
     token = Path(path).read_text(encoding="utf-8").strip()
     return {"type": "oidc" if oidc_token_file else "k8s_psat", "token": token}
 
+
+# argv is readable by every local user (ps, /proc/PID/cmdline) for the
+# whole life of the process, which with --watch is as long as the workload.
+JOIN_TOKEN_HELP = (
+    "One-time join token. Avoid: argv is visible to other users (ps) while this runs; "
+    "prefer --join-token-file or IDMINT_JOIN_TOKEN."
+)
 
 evidence_options = [
     # Not required by click: with --socket (the local agent) neither is needed.
@@ -40,7 +57,12 @@ evidence_options = [
         type=click.Path(exists=True, dir_okay=False),
         help="PEM bundle to trust for the server.",
     ),
-    click.option("--join-token", envvar="IDMINT_JOIN_TOKEN", help="One-time join token."),
+    click.option("--join-token", envvar="IDMINT_JOIN_TOKEN", help=JOIN_TOKEN_HELP),
+    click.option(
+        "--join-token-file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="File holding the one-time join token (keep it 0600).",
+    ),
     click.option("--oidc-token-file", type=click.Path(exists=True, dir_okay=False)),
     click.option("--k8s-token-file", type=click.Path(exists=True, dir_okay=False)),
     click.option("--spiffe-id", help="Which SPIFFE ID, when several entries match."),
@@ -84,6 +106,7 @@ def x509_command(
     server: str | None,
     bundle: str | None,
     join_token: str | None,
+    join_token_file: str | None,
     oidc_token_file: str | None,
     k8s_token_file: str | None,
     spiffe_id: str | None,
@@ -106,8 +129,10 @@ def x509_command(
         raise click.UsageError("give --server and --bundle (or --socket for the local agent)")
     from idmint.client import Server, write_svid_files
 
+    # The usage is checked before anything is read or sent.
+    evidence = _evidence(join_token, join_token_file, oidc_token_file, k8s_token_file)
     api = Server(server, bundle)
-    issued = api.fetch_x509(_evidence(join_token, oidc_token_file, k8s_token_file), spiffe_id)
+    issued = api.fetch_x509(evidence, spiffe_id)
     directory = Path(out)
     write_svid_files(directory, issued)
     answer = issued.response
@@ -130,7 +155,12 @@ def x509_command(
     type=click.Path(exists=True, dir_okay=False),
     help="PEM bundle to trust for the server.",
 )
-@click.option("--join-token", envvar="IDMINT_JOIN_TOKEN", help="One-time join token.")
+@click.option("--join-token", envvar="IDMINT_JOIN_TOKEN", help=JOIN_TOKEN_HELP)
+@click.option(
+    "--join-token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the one-time join token (keep it 0600).",
+)
 @click.option("--oidc-token-file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--k8s-token-file", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -178,6 +208,7 @@ def jwt_command(
     server: str,
     bundle: str,
     join_token: str | None,
+    join_token_file: str | None,
     oidc_token_file: str | None,
     k8s_token_file: str | None,
     svid_dir: str | None,
@@ -194,7 +225,6 @@ def jwt_command(
     """Get a JWT-SVID for --audience (prints the token, or writes it for the next CI step)."""
     from idmint.client import Server
 
-    api = Server(server, bundle)
     body: dict[str, Any] = {"audience": list(audiences)}
     if svid_dir:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -210,10 +240,12 @@ def jwt_command(
         token = github_token(ci_audience) if ci == "github" else gitlab_token(ci_token_variable)
         body["attestation"] = {"type": "oidc", "token": token}
     else:
-        body["attestation"] = _evidence(join_token, oidc_token_file, k8s_token_file)
+        body["attestation"] = _evidence(
+            join_token, join_token_file, oidc_token_file, k8s_token_file
+        )
     if spiffe_id:
         body["spiffe_id"] = spiffe_id
-    issued = api.post("/v1/svid/jwt", body)
+    issued = Server(server, bundle).post("/v1/svid/jwt", body)
     if output == "json" or fmt == "json":
         text = json.dumps(issued)
     elif fmt == "env":

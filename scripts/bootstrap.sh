@@ -54,13 +54,35 @@ if [[ ! -x .venv/bin/python ]]; then
     fi
 fi
 # The demo runs the server: [server]; the tests need it too ([test] includes it).
-extras="[server]"
-((want_test)) && extras="[test,postgres,redis]"
+extras="server"
+((want_test)) && extras="test,postgres,redis"
+# What pip would install depends only on these files and the extras (the
+# install is editable: source changes need no reinstall), so a stamp of them
+# lets a warm venv skip pip, which takes seconds even when nothing changes.
+# Delete the stamp to force a reinstall.
+stamp=.venv/idmint-install.stamp
+fingerprint=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+installed=""
+if [[ -f "$stamp" ]]; then
+    read -r stamped_fingerprint installed <"$stamp" || true
+    [[ "${stamped_fingerprint:-}" == "$fingerprint" ]] || installed=""
+fi
+covered=1
+for extra in ${extras//,/ }; do
+    [[ " $installed " == *" $extra "* ]] || covered=0
+done
+if ((covered)) && [[ -x .venv/bin/idmint ]]; then
+    exit 0
+fi
 log=.venv/install.log
 if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip \
-        && .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"; } \
+        && .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"; } \
         >"$log" 2>&1; then
     cat "$log" >&2
     echo "idmint: installing the Python package failed (log above, also in $log)" >&2
     exit 1
 fi
+# [test] and [postgres] pull in [server]: a later plain bootstrap needs nothing more.
+now="$installed ${extras//,/ }"
+((want_test)) && now+=" server"
+echo "$fingerprint $(tr ' ' '\n' <<<"$now" | sed '/^$/d' | sort -u | tr '\n' ' ')" >"$stamp"

@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify
 from idmint.ca.api.auth import require_admin
 from idmint.ca.api.context import state
 from idmint.ca.api.svid import BadRequest, body
-from idmint.ca.issuance.entries import EntrySpec
+from idmint.ca.issuance.entries import EntrySpec, selector_warnings
 
 blueprint = Blueprint("admin", __name__)
 
@@ -73,9 +73,12 @@ def create_entry() -> Any:
     missing = {"spiffe_id", "selectors", "owner", "expires_at"} - set(changes)
     if missing:
         raise BadRequest(f"missing entry fields: {sorted(missing)}")
-    view = state().service.entries.create(EntrySpec(**changes), actor=actor)
+    spec = EntrySpec(**changes)
+    view = state().service.entries.create(spec, actor=actor)
     state().service.issuer.invalidate()
-    return jsonify(view.to_json()), 201
+    # The attestors this server runs, not the file's: the answer is about this server.
+    warnings = selector_warnings(spec, state().attestors)
+    return jsonify({**view.to_json(), "warnings": warnings}), 201
 
 
 @blueprint.get("/v1/entries/<entry_id>")

@@ -78,12 +78,13 @@ def build_attestors(
     """Join tokens always; OIDC, Kubernetes and x509pop when configured."""
     section: dict[str, Any] = dict(config.extra.get("attestation", {}) or {})
     base = Path(config.data_dir)
+    enabled = config.attestors()
     attestors: dict[str, Attestor] = {"join_token": JoinTokenAttestor(tokens)}
-    if section.get("oidc"):
+    if "oidc" in enabled:
         attestors["oidc"] = OIDCAttestor.from_config(section["oidc"], base)
-    if section.get("k8s_psat"):
+    if "k8s_psat" in enabled:
         attestors["k8s_psat"] = KubernetesPSATAttestor.from_config(section["k8s_psat"], base)
-    if section.get("x509pop"):
+    if "x509pop" in enabled:
         attestors["x509pop"] = X509PoPAttestor.from_config(section["x509pop"], base, nonces)
     return attestors
 

@@ -116,6 +116,12 @@ ENTRY = {
         "dns_names": {"type": "array", "items": {"type": "string"}},
         "admin": {"type": "boolean"},
         "disabled": {"type": "boolean"},
+        "warnings": {
+            "type": "array",
+            "items": {"type": "string"},
+            "readOnly": True,
+            "description": "on create: selectors no attestor this server runs produces",
+        },
     },
 }
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"svidProof": []}]

@@ -84,6 +84,7 @@ PROBLEMS: dict[type[IdmintError], Problem] = {
     ca.UnsupportedAlgorithm: _p(400, "unsupported-algorithm"),
     ca.InvalidTransition: _p(409, "invalid-transition"),
     ca.InvalidEntry: _p(400, "invalid-entry"),
+    ca.DuplicateEntry: _p(409, "duplicate-entry"),
     ca.EntryNotFound: _p(404, "entry-not-found"),
     ca.NoMatchingEntry: _p(403, "no-matching-entry"),
     ca.AmbiguousEntry: _p(409, "ambiguous-entry"),

@@ -18,7 +18,19 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from idmint.ca.errors import AmbiguousEntry, EntryNotFound, InvalidEntry, NoMatchingEntry
+from idmint.attestation.join_token import JoinTokenAttestor
+from idmint.attestation.k8s_psat import KubernetesPSATAttestor
+from idmint.attestation.oidc import OIDCAttestor
+from idmint.attestation.systemd import SystemdAttestor
+from idmint.attestation.unix import UnixAttestor
+from idmint.attestation.x509pop import X509PoPAttestor
+from idmint.ca.errors import (
+    AmbiguousEntry,
+    DuplicateEntry,
+    EntryNotFound,
+    InvalidEntry,
+    NoMatchingEntry,
+)
 from idmint.ca.spiffe_id import SpiffeID, TrustDomain
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -43,6 +55,15 @@ AGENT_PATH = "/idmint/agent/"
 #: request carrying them matches parented entries only.
 VIA_AGENT = "idmint_via_agent"
 VIA_NODE = "idmint_via_node"
+
+
+#: Selector types each server-side attestor produces, by attestation type.
+SERVER_SELECTOR_TYPES = {
+    cls.type: cls.selector_types
+    for cls in (JoinTokenAttestor, OIDCAttestor, KubernetesPSATAttestor, X509PoPAttestor)
+}
+#: Selector types an agent's workload attestors produce (always both on).
+WORKLOAD_SELECTOR_TYPES = (UnixAttestor.type, SystemdAttestor.type)
 
 
 def via_agent_selectors(agent_id: str, node_selectors: Iterable[str]) -> list[str]:
@@ -91,6 +112,44 @@ def normalise_selectors(selectors: Iterable[str]) -> list[str]:
     if not result:
         raise InvalidEntry("an entry needs at least one selector")
     return sorted(result)
+
+
+def selector_warnings(spec: EntrySpec, attestors: Iterable[str]) -> list[str]:
+    """Why some of ``spec``'s selectors can never match, given the ``attestors`` served.
+
+    Not an error: an operator may create entries before configuring the
+    attestor that will serve them. An entry served through agents is matched
+    on the agent's workload selectors; one without a parent on the
+    selectors of the server's own attestors.
+    """
+    enabled = sorted(attestors)
+    parented = spec.parent_id is not None or bool(spec.node_selectors)
+    produced = (
+        set(WORKLOAD_SELECTOR_TYPES)
+        if parented
+        else {t for a in enabled for t in SERVER_SELECTOR_TYPES.get(a, ())}
+    )
+    unknown = sorted({s.split(":", 1)[0] for s in spec.selectors} - produced)
+    warnings = []
+    for kind in unknown:
+        if parented:
+            warnings.append(
+                f"selector type {kind!r}: an agent's workload attestors produce only "
+                f"{', '.join(WORKLOAD_SELECTOR_TYPES)} selectors, so this entry served "
+                "through agents can never match"
+            )
+        elif kind in WORKLOAD_SELECTOR_TYPES:
+            warnings.append(
+                f"selector type {kind!r} comes from an agent's workload attestors, and this "
+                f"entry has no --parent-id or --node-selector; the server's attestors "
+                f"({', '.join(enabled)}) never produce it"
+            )
+        else:
+            warnings.append(
+                f"selector type {kind!r} is produced by no attestor configured on this server "
+                f"(configured: {', '.join(enabled)}; [attestation] in idmint.toml)"
+            )
+    return warnings
 
 
 def check_dns_name(name: str) -> str:
@@ -255,6 +314,32 @@ def _fields(spec: EntrySpec) -> dict[str, Any]:
     }
 
 
+#: The fields that make two entries the same grant; an entry identical in
+#: them to another would only shadow it (match() picks one of the two).
+_IDENTITY = {"spiffe_id", "selectors", "parent_id", "node_selectors"}
+
+
+def _refuse_duplicate(session: Session, spec: EntrySpec, exclude: str | None = None) -> None:
+    """Raise DuplicateEntry naming an existing entry identical to ``spec`` (validated)."""
+    query = select(Entry).where(Entry.spiffe_id == spec.spiffe_id)
+    if exclude is not None:
+        query = query.where(Entry.id != exclude)
+    selectors, node_selectors = set(spec.selectors), set(spec.node_selectors)
+    for row in session.scalars(query.order_by(Entry.created_at, Entry.id)):
+        if (
+            row.parent_id == spec.parent_id
+            and set(row.selectors) == selectors
+            and set(row.node_selectors or ()) == node_selectors
+        ):
+            parent = f", parent {spec.parent_id}" if spec.parent_id else ""
+            nodes = f", node selectors {sorted(node_selectors)}" if node_selectors else ""
+            raise DuplicateEntry(
+                f"entry {row.id} already grants {spec.spiffe_id} for the selectors "
+                f"{sorted(selectors)}{parent}{nodes}; change that one "
+                f"(idmint entry update {row.id}) instead of adding a twin"
+            )
+
+
 class EntryStore:
     """CRUD on entries; every change is audited in the same transaction."""
 
@@ -267,10 +352,13 @@ class EntryStore:
         checked = validate(spec, self.trust_domain, now)
         row = Entry(id=str(uuid.uuid4()), created_at=now, updated_at=now, **_fields(checked))
         with self.database.session() as session:
+            # The revision row's lock first: two identical creates at once
+            # are serialised, so the second finds the first (on every replica).
+            record_change(session, [row.id], now)
+            _refuse_duplicate(session, checked)
             session.add(row)
             session.flush()
             view = EntryView.of(row)
-            record_change(session, [view.id], now)
             audit.append(
                 session,
                 [audit.Event("entry.create", view.spiffe_id, actor, detail=view.to_json(), at=now)],
@@ -303,6 +391,10 @@ class EntryStore:
             )
             merged = EntrySpec(**{**current.__dict__, **changes})
             checked = validate(merged, self.trust_domain, now)
+            # Only when the identity changes: an update of two twins made
+            # before duplicates were refused (a TTL, disabling one) still works.
+            if _IDENTITY & set(changes):
+                _refuse_duplicate(session, checked, exclude=entry_id)
             for name, value in _fields(checked).items():
                 setattr(row, name, value)
             row.updated_at = now

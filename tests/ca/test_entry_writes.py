@@ -93,3 +93,18 @@ def test_revoking_an_entry_reaches_another_issuer(
     revoke_entry(database, entry.id, "t", sweep_after=0)
     _after_cache()
     assert _issued(watcher, ["unix:uid:1"]) == "NoMatchingEntry"
+
+
+def test_an_update_may_not_make_an_entry_the_twin_of_another(
+    database: Database, trust_domain: TrustDomain
+) -> None:
+    from idmint.ca.errors import DuplicateEntry
+
+    store = EntryStore(database, trust_domain)
+    first = store.create(_spec("twin", ["unix:uid:1"]), "t")
+    second = store.create(_spec("twin", ["unix:uid:2"]), "t")
+    with pytest.raises(DuplicateEntry, match=f"entry {first.id} already grants"):
+        store.update(second.id, {"selectors": ["unix:uid:1"]}, "t")
+    assert store.get(second.id).selectors == ("unix:uid:2",)
+    # A change that leaves the identity alone is no twin of anything.
+    assert store.update(first.id, {"owner": "other"}, "t").owner == "other"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,20 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "idmint.cli.main"]
 
 
-def run_idmint(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``idmint *args`` in a subprocess, without inherited idmint or SoftHSM settings."""
+def run_idmint(
+    *args: str, env: Mapping[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``idmint *args`` in a subprocess, without inherited idmint or SoftHSM settings.
+
+    ``env`` adds variables; a value of None removes one.
+    """
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IDMINT_")}
     environment.pop("SOFTHSM2_CONF", None)
-    environment.update(env or {})
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     return subprocess.run(
         [*_command(), *args],
         capture_output=True,

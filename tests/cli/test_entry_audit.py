@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,92 @@ def test_bundle_jwks_has_the_root_with_x5c(idmint: Runner, data_dir: Path) -> No
     assert root["use"] == "x509-svid" and root["kty"] == "EC" and len(root["x5c"]) == 1
     assert "kid" not in root
     assert jwks["spiffe_sequence"] >= 1 and jwks["spiffe_refresh_hint"] > 0
+
+
+def test_the_owner_defaults_to_the_invoking_user(idmint: Runner, data_dir: Path) -> None:
+    import os
+    import pwd
+
+    def owner(name: str, env: dict[str, str | None]) -> object:
+        done = idmint(
+            "entry", "create", "--data-dir", str(data_dir), "--spiffe-id",
+            f"spiffe://example.org/{name}", "--selector", "join_token:any:true",
+            "--expires-at", "30d", "--output", "json", env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["owner"]
+
+    # A root shell or a container without $USER: the password database names us.
+    unset: dict[str, str | None] = dict.fromkeys(("LOGNAME", "USER", "LNAME", "USERNAME"))
+    assert owner("no-user", unset) == pwd.getpwuid(os.getuid()).pw_name
+    assert owner("with-user", {**unset, "USER": "ops-alice"}) == "ops-alice"
+
+
+def _entry(idmint: Runner, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return idmint(
+        "entry", "create", "--data-dir", str(data), "--expires-at", "30d", "--owner", "ops",
+        "--output", "json", *args,
+    )  # fmt: skip
+
+
+def test_selector_types_no_attestor_produces_are_warned_about(
+    idmint: Runner, data_dir: Path
+) -> None:
+    # A fresh data directory serves join tokens only.
+    direct = _entry(idmint, data_dir, "--spiffe-id", "spiffe://example.org/u", "--selector",
+                    "unix:uid:1000")  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    assert "warning: selector type 'unix'" in direct.stderr
+    assert "--parent-id" in direct.stderr and "(join_token)" in direct.stderr
+    assert json.loads(direct.stdout)["selectors"] == ["unix:uid:1000"]  # created all the same
+
+    k8s = _entry(idmint, data_dir, "--spiffe-id", "spiffe://example.org/k", "--selector",
+                 "k8s:ns:prod")  # fmt: skip
+    assert k8s.returncode == 0, k8s.stderr
+    assert "selector type 'k8s' is produced by no attestor" in k8s.stderr
+    assert "configured: join_token" in k8s.stderr
+
+    # Through an agent, unix and systemd selectors are what the workload attestors make.
+    parented = _entry(
+        idmint, data_dir, "--spiffe-id", "spiffe://example.org/p", "--selector",
+        "unix:uid:1000", "--selector", "systemd:id:web.service", "--parent-id",
+        "spiffe://example.org/idmint/agent/join_token/n1",
+    )  # fmt: skip
+    assert parented.returncode == 0, parented.stderr
+    assert "warning" not in parented.stderr
+    plain = _entry(idmint, data_dir, "--spiffe-id", "spiffe://example.org/j", "--selector",
+                   "join_token:any:true")  # fmt: skip
+    assert plain.returncode == 0 and "warning" not in plain.stderr
+
+
+def test_an_identical_entry_is_refused_naming_the_first(idmint: Runner, data_dir: Path) -> None:
+    same = ("--spiffe-id", "spiffe://example.org/twin", "--selector", "join_token:any:true",
+            "--selector", "k8s:ns:prod")  # fmt: skip
+    first = _entry(idmint, data_dir, *same)
+    assert first.returncode == 0, first.stderr
+    first_id = json.loads(first.stdout)["id"]
+    events = json.loads(
+        idmint("audit", "verify", "--data-dir", str(data_dir), "--output", "json").stdout
+    )["events"]
+
+    # The selectors in another order and another TTL: still the same grant.
+    twin = _entry(
+        idmint, data_dir, "--spiffe-id", "spiffe://example.org/twin", "--selector",
+        "k8s:ns:prod", "--selector", "join_token:any:true", "--x509-ttl", "5m",
+    )  # fmt: skip
+    assert twin.returncode == 1
+    assert f"entry {first_id} already grants spiffe://example.org/twin" in twin.stderr
+    listed = json.loads(
+        idmint("entry", "list", "--data-dir", str(data_dir), "--output", "json").stdout
+    )
+    assert [e["id"] for e in listed] == [first_id]
+    after = json.loads(
+        idmint("audit", "verify", "--data-dir", str(data_dir), "--output", "json").stdout
+    )["events"]
+    assert after == events
+
+    # One selector more, or a parent: another grant.
+    assert _entry(idmint, data_dir, *same, "--selector", "k8s:sa:web").returncode == 0
+    parented = _entry(idmint, data_dir, *same, "--parent-id",
+                      "spiffe://example.org/idmint/agent/join_token/n1")  # fmt: skip
+    assert parented.returncode == 0, parented.stderr
