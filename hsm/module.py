@@ -9,6 +9,7 @@ and initialised again with the new environment.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass, field
@@ -60,10 +61,40 @@ def acquire(path: str, env: dict[str, str] | None = None) -> LoadedModule:
             except (pkcs11.PKCS11Error, OSError) as exc:
                 raise ModuleNotFound(f"cannot load PKCS#11 module {path}: {exc}") from None
             thread_safe = _cryptoki.reinitialize_with_os_locking(path)
+            clear_openssl_errors()
             loaded = LoadedModule(path=path, lib=lib, thread_safe=thread_safe, env=env)
             _modules[path] = loaded
         loaded.users += 1
         return loaded
+
+
+def clear_openssl_errors() -> None:
+    """Empty this thread's OpenSSL error queue (libcrypto's, shared with Python's ssl).
+
+    SoftHSM's C_Initialize asks OpenSSL for its ``rdrand`` engine, which
+    OpenSSL 3 builds lack, and leaves ``no such engine`` on the calling
+    thread's error queue. Python's ssl reports the last queued error when a
+    later TLS read on that thread fails, so a client that merely hung up was
+    logged by gunicorn as ``Invalid request ... NO_SUCH_ENGINE``. Best effort:
+    without a loadable libcrypto there is nothing to clear.
+    """
+    crypto = _libcrypto()
+    if crypto is not None:
+        crypto.ERR_clear_error()
+
+
+@functools.cache
+def _libcrypto() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("crypto")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
 
 
 def release(loaded: LoadedModule) -> None:
