@@ -313,3 +313,35 @@ def test_a_new_audience_for_a_stable_service_is_observed(server: Server) -> None
     status, body = jwt(["https://new"])
     assert status == 201, body
     assert len(_anomaly_events(server, entry["spiffe_id"])) == 1
+
+
+def test_refusals_far_above_the_baseline_are_observed(server: Server) -> None:
+    entry = server.entry(
+        "spiffe://example.org/week/refused", ["oidc:ci:repository:org/probe"], audiences=["a"]
+    )
+    main = ("oidc:ci:ref:refs/heads/main", "oidc:ci:repository:org/probe")
+    _learn_week(server, entry, selectors=main, audiences=("a",), kind="jwt")
+    statuses, problems = [], []
+    _wait_for_second(50)  # the six refusals must fall in one minute
+    for _ in range(6):
+        token = server.ci.token(
+            server.ci.claims(
+                "idmint",
+                sub="repo:org/probe:ref:refs/heads/main",
+                repository="org/probe",
+                ref="refs/heads/main",
+            )
+        )
+        status, _, body = server.request(
+            "POST",
+            "/v1/svid/jwt",
+            {"attestation": {"type": "oidc", "token": token}, "audience": ["not-allowed"]},
+        )
+        statuses.append(status)
+        problems.append(body)
+    assert set(statuses) == {403}, problems[0]
+    assert "does not allow audience(s) ['not-allowed']" in problems[0]["detail"]
+    (observed,) = _anomaly_events(server, entry["spiffe_id"])
+    detail = json.loads(observed.detail)
+    assert observed.action == "anomaly.observe" and detail["signals"] == ["refusals"]
+    assert detail["reason"] == "refusals 6/min vs baseline 0.0/min +- 0.0 (limit 5.0/min)"
