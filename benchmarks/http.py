@@ -21,6 +21,14 @@ measured in the same interleaved rounds. ``--build NAME=PATH`` adds a stack
 run by another build's ``idmint`` (e.g. ``.venv/bin/idmint`` of a worktree at
 an older commit), for before/after figures from the same rounds; its
 database must take the join tokens this build mints (same join_tokens table).
+``anomaly_off`` is ``access_log_on`` with the issuance anomaly checks off
+(``[anomaly] enabled = false``): ``--stacks access_log_on,anomaly_off`` gives
+``anomaly_on_vs_off``, the ratio of requests/s (goal >= 0.95, issue 15) and of
+CPU per request with the checks on to off. The benchmark's entries are new,
+so their baselines are still learning (at thousands a second a learned one
+would throttle them): the figure is the cost of counting and learning on
+every request, without the comparison with a learned baseline (a few float
+operations and set lookups).
 
 Peer: cfssl (``apt-get install -y golang-cfssl wrk``; Debian's cfssl 1.2.0),
 ``cfssl serve`` on loopback with a software P-256 CA and TLS, under the same
@@ -43,7 +51,7 @@ tree (and redis-server's) over the round, per successful request.
 
 Usage: python benchmarks/http.py [--seconds 5] [--rounds 3] [--clients 16] [--workers 2]
                                  [--client wrk|python] [--no-cfssl] [--py-spy 10]
-                                 [--stacks access_log_on,access_log_off]
+                                 [--stacks access_log_on,access_log_off,anomaly_off]
                                  [--limits off|redis|redis-all] [--build NAME=PATH ...]
 """
 
@@ -419,6 +427,10 @@ def _body(token: str, csr: str | None) -> bytes:
     return json.dumps(x509_request(attestation, csr)).encode()
 
 
+#: What ``--stacks`` may name: the access log on or off, or the anomaly checks off.
+STACKS = ("access_log_on", "access_log_off", "anomaly_off")
+
+
 @dataclass
 class Stack:
     """One idmint server under test: its data directory, pre-made bodies and process."""
@@ -446,6 +458,7 @@ class Stack:
         access_log: bool,
         limits: str | None = None,
         idmint: str = IDMINT_PATH,
+        anomaly: bool = True,
     ) -> Stack:
         environment = clean_env()
         data = root / name
@@ -459,6 +472,9 @@ class Stack:
         if limits is not None:
             with (data / "idmint.toml").open("a") as config:
                 config.write(limits)
+        if not anomaly:
+            with (data / "idmint.toml").open("a") as config:
+                config.write("\n[anomaly]\nenabled = false\n")
         for kind in ("x509", "jwt"):
             subprocess.run(
                 [idmint, "entry", "create", "--data-dir", str(data),
@@ -590,7 +606,7 @@ def main() -> None:
         "--stacks",
         type=lambda text: [part for part in text.split(",") if part],
         default=["access_log_on", "access_log_off"],
-        help="gunicorn servers to compare: access_log_on, access_log_off",
+        help="gunicorn servers to compare: " + ", ".join(STACKS),
     )
     parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--limits", choices=("off", "redis", "redis-all"), default="off")
@@ -604,9 +620,18 @@ def main() -> None:
     args = parser.parse_args()
     use_cfssl = not args.no_cfssl and args.client == "wrk" and shutil.which("cfssl") is not None
     levels: list[str] = []
+    unknown = [name for name in args.stacks if name not in STACKS]
+    if unknown:
+        parser.error(f"--stacks: unknown {unknown}; choose from {', '.join(STACKS)}")
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as exits:
         stacks = [
-            Stack.prepare(Path(scratch), name, args, access_log=(name == "access_log_on"))
+            Stack.prepare(
+                Path(scratch),
+                name,
+                args,
+                access_log=(name != "access_log_off"),
+                anomaly=(name != "anomaly_off"),
+            )
             for name in args.stacks
         ]
         for build in args.build:
@@ -695,6 +720,24 @@ def main() -> None:
                 "goal_ratio": 0.9,
             }
             if levels
+            else None
+        ),
+        "anomaly_on_vs_off": (
+            {
+                "setup": "access_log_on (anomaly checks on, baselines learning) "
+                "vs anomaly_off ([anomaly] enabled = false); cpu: server processes",
+                **{
+                    f"{what}_{kind}": _ratio(
+                        rounds[f"access_log_on.{kind}_svid"],
+                        rounds[f"anomaly_off.{kind}_svid"],
+                        what,
+                    )
+                    for what in ("rps", "cpu")
+                    for kind in ("x509", "jwt")
+                },
+                "goal_ratio": 0.95,
+            }
+            if {"access_log_on", "anomaly_off"} <= set(args.stacks)
             else None
         ),
         "py_spy_profile_of": first if profile else None,

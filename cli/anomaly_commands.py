@@ -60,6 +60,7 @@ def show(data_dir: str | None, entry_id: str, output: str) -> None:
         emit_json(item)
         return
     rate, interval = item["rate_per_minute"], item["interval_seconds"]
+    refused, hours = item["refusals_per_minute"], item["active_hours_utc"]
     emit_fields(
         [
             ("Entry", item["entry_id"]),
@@ -73,6 +74,11 @@ def show(data_dir: str | None, entry_id: str, output: str) -> None:
             ("Minutes learned", item["minutes"]),
             ("Rate", f"{rate['mean']}/min +- {rate['std']} (acts above {rate['limit']}/min)"),
             ("Cadence", f"every {interval['mean']} s +- {interval['std']}"),
+            (
+                "Refusals",
+                f"{refused['mean']}/min +- {refused['std']} (news above {refused['limit']}/min)",
+            ),
+            ("Active hours (UTC)", ", ".join(f"{h:02d}" for h in hours) or "-"),
             ("Networks", ", ".join(item["networks"]) or "-"),
             ("Audiences", ", ".join(item["audiences"]) or "-"),
             ("Sources", ", ".join(item["sources"]) or "-"),

@@ -5,6 +5,10 @@
   weight is ``1/n`` for the first ``n`` minutes (a plain average while
   learning), then a half-life of one day;
 - cadence: the EWMA of seconds between issuances (renewal cadence);
+- refusals: refusals per closed minute (requests for this entry that the
+  issuer turned down: an audience or DNS name the entry does not allow...),
+  an EWMA with its variance like the rate;
+- hours: issuances per hour of day (UTC), counted since ``hours_since``;
 - sets: source networks (IPv4 /24, IPv6 /64), JWT audiences and attestation
   sources (CI repository and ref, Kubernetes cluster and namespace) seen.
 
@@ -57,6 +61,11 @@ class Baseline:
     rate_var: float = 0.0
     interval_mean: float = 0.0
     interval_var: float = 0.0
+    refusal_count: int = 0
+    refusal_mean: float = 0.0
+    refusal_var: float = 0.0
+    hours: list[int] = field(default_factory=list)
+    hours_since: datetime | None = None
     last_at: datetime | None = None
     networks: list[str] = field(default_factory=list)
     audiences: list[str] = field(default_factory=list)
@@ -75,6 +84,14 @@ class Baseline:
     @property
     def interval_std(self) -> float:
         return math.sqrt(max(self.interval_var, 0.0))
+
+    @property
+    def refusal_std(self) -> float:
+        return math.sqrt(max(self.refusal_var, 0.0))
+
+    def active_hours(self) -> list[int]:
+        """The hours of day (UTC) in which this entry has issued."""
+        return [hour for hour, count in enumerate(self.hours) if count]
 
 
 @dataclass(slots=True)
@@ -125,19 +142,31 @@ def source_of(selectors: tuple[str, ...]) -> str | None:
     return " ".join(sorted(found)) or None
 
 
-def _fold_rate(baseline: Baseline, count: float) -> None:
+def _ewma(mean: float, var: float, alpha: float, value: float) -> tuple[float, float]:
+    delta = value - mean
+    return mean + alpha * delta, (1 - alpha) * (var + alpha * delta * delta)
+
+
+def _fold_rate(baseline: Baseline, count: float, refusals: float | None = 0.0) -> None:
     baseline.minutes += 1
     alpha = max(RATE_ALPHA, 1 / baseline.minutes)
-    delta = count - baseline.rate_mean
-    baseline.rate_mean += alpha * delta
-    baseline.rate_var = (1 - alpha) * (baseline.rate_var + alpha * delta * delta)
+    baseline.rate_mean, baseline.rate_var = _ewma(
+        baseline.rate_mean, baseline.rate_var, alpha, count
+    )
+    if refusals is not None:
+        baseline.refusal_mean, baseline.refusal_var = _ewma(
+            baseline.refusal_mean, baseline.refusal_var, alpha, refusals
+        )
 
 
-def advance(baseline: Baseline, now: datetime, learn: bool) -> None:
-    """Close the minutes that ended before ``now`` into the rate EWMA.
+def advance(
+    baseline: Baseline, now: datetime, learn: bool, refusal_limit: float | None = None
+) -> None:
+    """Close the minutes that ended before ``now`` into the rate and refusal EWMAs.
 
     A minute in which a throttle or stronger decision was taken is not
-    learned: the baseline must not adopt the behaviour it reacted to.
+    learned, nor the refusals of a minute above ``refusal_limit``: the
+    baseline must not adopt the behaviour it reacted to.
     """
     if now - baseline.window_start < ONE_MINUTE:
         return  # the usual case: still in the current minute
@@ -150,10 +179,12 @@ def advance(baseline: Baseline, now: datetime, learn: bool) -> None:
             baseline.window_start
         )
         if not anomalous:
-            _fold_rate(baseline, baseline.window_count)
+            refused = baseline.refusal_count
+            above = refusal_limit is not None and refused > refusal_limit
+            _fold_rate(baseline, baseline.window_count, None if above else refused)
         for _ in range(min(elapsed - 1, MAX_IDLE_MINUTES)):
             _fold_rate(baseline, 0.0)
-    baseline.window_start, baseline.window_count = minute, 0
+    baseline.window_start, baseline.window_count, baseline.refusal_count = minute, 0, 0
 
 
 def _remember(seen: list[str], values: Iterable[str]) -> list[str]:
@@ -174,6 +205,10 @@ def learn(baseline: Baseline, sample: Sample) -> None:
         baseline.interval_var = (1 - alpha) * (baseline.interval_var + alpha * delta * delta)
     baseline.samples += 1
     baseline.last_at = sample.at
+    if len(baseline.hours) != 24 or baseline.hours_since is None:
+        # A row from before hours were kept starts counting them now.
+        baseline.hours, baseline.hours_since = [0] * 24, sample.at
+    baseline.hours[sample.at.hour] += 1
     # Membership first: the usual sample brings nothing new, and copies nothing.
     if sample.network and sample.network not in baseline.networks:
         baseline.networks = _remember(baseline.networks, [sample.network])

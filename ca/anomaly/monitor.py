@@ -3,7 +3,9 @@
 ``AnomalyMonitor.check(entry, request)`` counts the request in the entry's
 baseline, compares it (:mod:`policy`), records a new decision (audit event
 naming the signal and numbers, metric, the ``anomaly_baselines`` row) and
-raises if a standing decision refuses it.
+raises if a standing decision refuses it. ``AnomalyMonitor.refused(entry,
+at)`` counts a request for the entry that the issuer refused; refusals far
+above the entry's own band are observed, once a minute per process.
 
 The hot path does no query: each process keeps the baselines it uses in
 memory and re-reads them (writing its counts back) every ``sync_seconds``
@@ -36,7 +38,17 @@ from sqlalchemy.orm import Session
 from idmint.ca.anomaly import metrics, store
 from idmint.ca.anomaly.baseline import Baseline, Sample, advance, learn, network_of, source_of
 from idmint.ca.anomaly.errors import AnomalyDenied, AnomalyThrottled, StepUpRequired
-from idmint.ca.anomaly.policy import Action, Settings, Signal, decide, rate_limit, signals
+from idmint.ca.anomaly.policy import (
+    Action,
+    Settings,
+    Signal,
+    decide,
+    learned,
+    rate_limit,
+    refusal_limit,
+    refusals,
+    signals,
+)
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AnomalyBaseline
@@ -82,8 +94,11 @@ class _Cached:
     baseline: Baseline
     loaded: float
     pending: int = 0
+    pending_refusals: int = 0
     dirty: bool = False
     decided: bool = False
+    #: The minute in which this process last observed the refusals signal.
+    refusals_observed: datetime | None = None
 
 
 @dataclass
@@ -118,7 +133,7 @@ class AnomalyMonitor:
                 return
             defaults = self._policy_defaults()
             learning = defaults.learn and not baseline.frozen
-            advance(baseline, request.at, learning)
+            advance(baseline, request.at, learning, self._refusal_cap(baseline))
             baseline.window_count += 1
             cached.pending += 1
             found = signals(baseline, sample, self.settings)
@@ -140,6 +155,44 @@ class AnomalyMonitor:
         if escalated and action is Action.DENY:
             self._deny(entry, baseline, request.at)
         self._enforce(entry, baseline, request)
+
+    def refused(self, entry: _Entry, at: datetime) -> None:
+        """Count a request for ``entry`` that the issuer refused; observe a jump in them.
+
+        Not a refusal of the anomaly response itself (those are counted as
+        requests already): this is a workload asking for what its entry
+        does not allow, again and again, as a probing or misconfigured one does.
+        """
+        if not self.settings.enabled:
+            return
+        with self._lock:
+            cached = self._current(entry.id, at)
+            baseline = cached.baseline
+            if baseline.exempt:
+                return
+            learning = self._policy_defaults().learn and not baseline.frozen
+            advance(baseline, at, learning, self._refusal_cap(baseline))
+            baseline.refusal_count += 1
+            cached.pending_refusals += 1
+            cached.dirty = True
+            signal = refusals(baseline, self.settings)
+            # Once a minute per process: every refusal past the limit is not news.
+            if signal is not None and cached.refusals_observed == baseline.window_start:
+                signal = None
+            if signal is not None:
+                cached.refusals_observed = baseline.window_start
+            if self.settings.sync_seconds == 0:
+                self._flush(cached, at)
+        if signal is not None:
+            self._announce(entry, Action.OBSERVE, [signal], at)
+
+    def _refusal_cap(self, baseline: Baseline) -> float | None:
+        """Refusals above which a minute is not learned; None while still learning.
+
+        While learning there is no band yet, so every minute counts: else an
+        identity refused more often than the floor would never learn it.
+        """
+        return refusal_limit(baseline, self.settings) if learned(baseline, self.settings) else None
 
     def flush(self) -> None:
         """Write every baseline this process changed back to the database now."""
@@ -232,6 +285,8 @@ class AnomalyMonitor:
             row = session.get(AnomalyBaseline, entry_id)
             baseline = store.to_baseline(row) if row is not None else store.fresh(entry_id, now)
         made = self._cache[entry_id] = _Cached(baseline, time.monotonic())
+        if cached is not None:  # this process's own memory survives a re-read
+            made.refusals_observed = cached.refusals_observed
         return made
 
     def _flushed(self, cached: _Cached, now: datetime) -> bool:
@@ -257,7 +312,8 @@ class AnomalyMonitor:
                 store.write(session, baseline, now, ())
             else:
                 self._merge(session, row, cached, now)
-        cached.pending, cached.dirty, cached.decided = 0, False, False
+        cached.pending, cached.pending_refusals = 0, 0
+        cached.dirty, cached.decided = False, False
         cached.loaded = time.monotonic()
 
     def _merge(
@@ -266,11 +322,19 @@ class AnomalyMonitor:
         baseline = cached.baseline
         same_window = row.window_start == baseline.window_start
         others = row.window_count - (baseline.window_count - cached.pending) if same_window else 0
+        refused = (
+            row.refusal_count - (baseline.refusal_count - cached.pending_refusals)
+            if same_window
+            else 0
+        )
         fields = store.STATS + (store.STANDING if cached.decided else ())
         store.write(session, baseline, now, fields)
         if same_window and others > 0:  # another process counted in this minute too
             row.window_count = baseline.window_count + others
             baseline.window_count = row.window_count
+        if same_window and refused > 0:
+            row.refusal_count = baseline.refusal_count + refused
+            baseline.refusal_count = row.refusal_count
         # The database is authoritative for what operators set and for decisions
         # other processes took; they win unless this process just decided.
         for name in store.SWITCHES:
@@ -292,9 +356,14 @@ class AnomalyCheck(Protocol):
 
     def check(self, entry: Any, request: Request) -> None: ...
 
+    def refused(self, entry: Any, at: datetime) -> None: ...
+
 
 class NoCheck:
     """Anomaly response off."""
 
     def check(self, entry: Any, request: Request) -> None:
+        return None
+
+    def refused(self, entry: Any, at: datetime) -> None:
         return None

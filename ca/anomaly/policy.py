@@ -13,7 +13,9 @@ Actions, in escalating order (issue 15):
 Signals and the action each calls for: a rate above the band -> throttle,
 and again in a later minute while throttled -> step-up; attestation from a
 source never seen (another CI repository or ref, cluster, namespace) ->
-step-up; a new source network or JWT audience -> observe. The policy of an
+step-up; a new source network or JWT audience, issuance at an hour of day
+(UTC) never seen in ``hours_learning_days`` of learning, or refusals per
+minute above their own band -> observe. The policy of an
 entry (or the trust-domain default) caps the action (``observe``,
 ``throttle``, ``step-up``) or, with ``deny``, turns step-up into deny.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from idmint.ca.anomaly.baseline import Baseline, Sample
@@ -65,6 +68,10 @@ class Settings:
     #: No action before this many minutes and issuances have been learned.
     learning_minutes: int = 1440
     learning_samples: int = 20
+    #: Refusals per minute below this are never news (the band's floor).
+    min_refusals_per_minute: float = 5.0
+    #: Days of hours-of-day counts before an hour never seen is news.
+    hours_learning_days: float = 7.0
     #: How long a process may act on its cached baseline before re-reading it.
     sync_seconds: float = 1.0
 
@@ -72,6 +79,10 @@ class Settings:
         Action.parse(self.policy)
         if self.band_sigmas <= 0 or self.min_rate_per_minute <= 0:
             raise ConfigError("[anomaly] band_sigmas and min_rate_per_minute must be positive")
+        if self.min_refusals_per_minute <= 0 or self.hours_learning_days <= 0:
+            raise ConfigError(
+                "[anomaly] min_refusals_per_minute and hours_learning_days must be positive"
+            )
         if self.learning_minutes < 0 or self.learning_samples < 0 or self.sync_seconds < 0:
             raise ConfigError("[anomaly] learning_* and sync_seconds must not be negative")
 
@@ -108,6 +119,38 @@ def rate_limit(baseline: Baseline, settings: Settings) -> float:
     """Issuances per minute this identity may make before the rate signal fires."""
     band = baseline.rate_mean + settings.band_sigmas * baseline.rate_std
     return max(band, settings.min_rate_per_minute)
+
+
+def refusal_limit(baseline: Baseline, settings: Settings) -> float:
+    """Refusals per minute this identity may meet before the refusals signal fires."""
+    band = baseline.refusal_mean + settings.band_sigmas * baseline.refusal_std
+    return max(band, settings.min_refusals_per_minute)
+
+
+def refusals(baseline: Baseline, settings: Settings) -> Signal | None:
+    """The refusals signal, if this minute's refusals (already counted) are above the band."""
+    if not learned(baseline, settings):
+        return None
+    limit = refusal_limit(baseline, settings)
+    if baseline.refusal_count <= limit:
+        return None
+    return Signal(
+        "refusals",
+        Action.OBSERVE,
+        f"refusals {baseline.refusal_count}/min vs baseline {_n(baseline.refusal_mean)}/min "
+        f"+- {_n(baseline.refusal_std)} (limit {_n(limit)}/min)",
+    )
+
+
+def _hours(hours: list[int]) -> str:
+    """Hours of day as ranges: ``08-17, 22`` (each hour h covers h:00 to h:59)."""
+    spans: list[list[int]] = []
+    for hour in hours:
+        if spans and spans[-1][1] == hour - 1:
+            spans[-1][1] = hour
+        else:
+            spans.append([hour, hour])
+    return ", ".join(f"{a:02d}" if a == b else f"{a:02d}-{b:02d}" for a, b in spans)
 
 
 def learned(baseline: Baseline, settings: Settings) -> bool:
@@ -152,6 +195,22 @@ def signals(baseline: Baseline, sample: Sample, settings: Settings) -> list[Sign
                 Action.OBSERVE,
                 f"request from a new network {sample.network} "
                 f"(seen: {', '.join(baseline.networks)})",
+            )
+        )
+    hour = sample.at.hour
+    if (
+        baseline.hours_since is not None
+        and len(baseline.hours) == 24
+        and not baseline.hours[hour]
+        and sample.at - baseline.hours_since >= timedelta(days=settings.hours_learning_days)
+    ):
+        days = (sample.at - baseline.hours_since) / timedelta(days=1)
+        found.append(
+            Signal(
+                "hours",
+                Action.OBSERVE,
+                f"issuance at {hour:02d}:00-{hour:02d}:59 UTC, an hour never seen in "
+                f"{days:.0f} days (active hours UTC: {_hours(baseline.active_hours())})",
             )
         )
     new_audiences = [a for a in sample.audiences if a not in baseline.audiences]

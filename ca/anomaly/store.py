@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from idmint.ca.anomaly.baseline import Baseline, minute_of
-from idmint.ca.anomaly.policy import POLICIES, Settings, rate_limit
+from idmint.ca.anomaly.policy import POLICIES, Settings, rate_limit, refusal_limit
 from idmint.ca.errors import CAError
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database
@@ -31,6 +31,11 @@ _STATS = (
     "rate_var",
     "interval_mean",
     "interval_var",
+    "refusal_count",
+    "refusal_mean",
+    "refusal_var",
+    "hours",
+    "hours_since",
     "last_at",
     "networks",
     "audiences",
@@ -113,6 +118,13 @@ def describe(baseline: Baseline, settings: Settings) -> dict[str, Any]:
             "mean": round(baseline.interval_mean, 2),
             "std": round(baseline.interval_std, 2),
         },
+        "refusals_per_minute": {
+            "mean": round(baseline.refusal_mean, 4),
+            "std": round(baseline.refusal_std, 4),
+            "limit": round(refusal_limit(baseline, settings), 4),
+        },
+        "active_hours_utc": baseline.active_hours(),
+        "hours_since": when(baseline.hours_since),
         "last_at": when(baseline.last_at),
         "networks": list(baseline.networks),
         "audiences": list(baseline.audiences),

@@ -24,7 +24,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
+from idmint.ca.anomaly.errors import AnomalyDenied, AnomalyThrottled, StepUpRequired
 from idmint.ca.anomaly.monitor import AnomalyCheck, NoCheck, Request
 from idmint.ca.authority.authorities import active, jwt_algorithm, signing_key
 from idmint.ca.errors import AudienceNotAllowed
@@ -245,6 +247,21 @@ class Issuer:
         """Audit a refused request, aggregated per source and minute (see :mod:`refusals`)."""
         self.refusals.refused(action, actor, error, selectors)
 
+    def _refused_for(self, entry: EntryView, now: datetime, error: IdmintError) -> None:
+        """Count a refusal against the entry it was for (the anomaly refusals signal).
+
+        The anomaly response's own refusals are not counted again: the check
+        counted those requests already. Counting must not replace the
+        refusal the caller gets with a database error, so such an error is
+        logged instead.
+        """
+        if isinstance(error, AnomalyThrottled | StepUpRequired | AnomalyDenied):
+            return
+        try:
+            self.anomaly.refused(entry, now)
+        except (IdmintError, SQLAlchemyError):
+            log.exception("anomaly: a refusal for %s was not counted", entry.spiffe_id)
+
     def _signed(
         self,
         spend: Spend | None,
@@ -303,11 +320,13 @@ class Issuer:
         ``spend`` (the request's single-use evidence) is spent in the
         transaction that records the SVID, committed before it is signed.
         """
+        matched: EntryView | None = None
         try:
             checked = checked or check_csr(csr)
             state = self.state()
             now = self.clock()
             state, entry = self._match(state, selectors, now, spiffe_id, granted)
+            matched = entry
             check_requested_names(checked, entry.spiffe_id, entry.dns_names)
             self.anomaly.check(entry, Request("x509", now, tuple(selectors)))
             ca = state.ca
@@ -328,6 +347,8 @@ class Issuer:
             )
         except IdmintError as error:
             self.refuse("x509-svid.issue", actor, error, selectors)
+            if matched is not None:
+                self._refused_for(matched, now, error)
             raise
         serial_hex = format(serial, "x")
         certificate = self._signed(
@@ -375,10 +396,12 @@ class Issuer:
 
         Recorded with ``spend`` before it is signed, as :meth:`issue_x509`.
         """
+        matched: EntryView | None = None
         try:
             state = self.state()
             now = self.clock()
             state, entry = self._match(state, selectors, now, spiffe_id, granted)
+            matched = entry
             if entry.audiences:
                 refused = [a for a in audiences if a not in entry.audiences]
                 if refused:
@@ -398,6 +421,8 @@ class Issuer:
             )
         except IdmintError as error:
             self.refuse("jwt-svid.issue", actor, error, selectors)
+            if matched is not None:
+                self._refused_for(matched, now, error)
             raise
         expires_at = datetime.fromtimestamp(claims["exp"], UTC)
         token = self._signed(

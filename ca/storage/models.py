@@ -351,6 +351,13 @@ class AnomalyBaseline(Base):
     #: EWMA of seconds between issuances (renewal cadence) and its variance.
     interval_mean: Mapped[float] = mapped_column(Float)
     interval_var: Mapped[float] = mapped_column(Float)
+    #: Refusals in the current minute, and their EWMA per closed minute with its variance.
+    refusal_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    refusal_mean: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    refusal_var: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: Issuances per hour of day (UTC, 24 counts; [] before any) since ``hours_since``.
+    hours: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
+    hours_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Seen source networks, audiences and attestation sources (sorted, bounded).
     networks: Mapped[list[str]] = mapped_column(JSON)

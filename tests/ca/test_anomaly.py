@@ -6,7 +6,9 @@ needed to learn); the phases that act go through ``Issuer.issue_*`` itself.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from idmint.ca.anomaly.errors import AnomalyDenied, AnomalyThrottled, StepUpRequ
 from idmint.ca.anomaly.monitor import REQUEST_SOURCE, AnomalyMonitor, Request
 from idmint.ca.anomaly.policy import Settings
 from idmint.ca.authority.authorities import active, signing_key
+from idmint.ca.errors import AudienceNotAllowed
 from idmint.ca.issuance.entries import EntrySpec, EntryStore, EntryView, NoMatchingEntry
 from idmint.ca.issuance.issuer import Issuer
 from idmint.ca.revocation.crl import build_crl
@@ -113,11 +116,14 @@ def _learn_week(
     kind: str = "x509",
     jitter: float = 30.0,
     seed: int = 1,
+    refusals: int = 0,
+    hours: range = range(24),
 ) -> None:
     """A renewal every 5 minutes (+- jitter) for a simulated week, from one network.
 
     Through a monitor that keeps the baseline in memory (as server workers
-    do between syncs) and writes it back at the end.
+    do between syncs) and writes it back at the end. With ``refusals``, each
+    renewal comes with that many refused requests; only in ``hours`` (UTC).
     """
     rng = random.Random(seed)
     REQUEST_SOURCE.set("10.1.2.3")
@@ -125,7 +131,10 @@ def _learn_week(
     moment = START
     while moment < START + timedelta(days=7):
         world.clock.now = moment
-        learner.check(entry, Request(kind, moment, selectors, audiences))
+        if moment.hour in hours:
+            learner.check(entry, Request(kind, moment, selectors, audiences))
+            for _ in range(refusals):
+                learner.refused(entry, moment)
         moment += timedelta(seconds=300 + rng.uniform(-jitter, jitter))
     learner.flush()
 
@@ -393,3 +402,96 @@ def test_a_locked_database_neither_fails_nor_holds_up_a_check(tmp_path: Path) ->
         assert row is not None
         assert row.window_count == 4  # the three made while locked were kept
     database.close()
+
+
+def _refused_audiences(world: World, entry: EntryView, times: int) -> None:
+    for _ in range(times):
+        with pytest.raises(AudienceNotAllowed):
+            world.issuer.issue_jwt(("unix:uid:1004",), ["https://not-allowed"])
+
+
+def test_refusals_far_above_the_baseline_are_observed(world: World) -> None:
+    entry = _entry(world, "refused", ("unix:uid:1004",), audiences=("https://a",))
+    _learn_week(world, entry, selectors=("unix:uid:1004",), audiences=("https://a",), kind="jwt")
+    baseline = store.get(world.database, entry.id)
+    assert baseline.refusal_mean == 0.0 and baseline.action is None
+    minute = START + timedelta(days=7, hours=1)
+    world.clock.now = minute
+    # Five refused requests in a minute are within the floor of the band...
+    _refused_audiences(world, entry, 5)
+    assert _events(world, "anomaly.") == []
+    # ...the sixth is news, once for the minute, and refuses nothing more.
+    _refused_audiences(world, entry, 10)
+    (observed,) = _events(world, "anomaly.")
+    assert observed.action == "anomaly.observe" and observed.subject == entry.spiffe_id
+    detail = json.loads(observed.detail)
+    assert detail["signals"] == ["refusals"]
+    assert detail["reason"] == "refusals 6/min vs baseline 0.0/min +- 0.0 (limit 5.0/min)"
+    world.issuer.issue_jwt(("unix:uid:1004",), ["https://a"])
+    assert store.get(world.database, entry.id).action is None
+    # The next minute starts counting afresh; the burst was not learned as usual.
+    world.clock.now = minute + timedelta(minutes=1)
+    _refused_audiences(world, entry, 3)
+    assert len(_events(world, "anomaly.")) == 1
+    assert store.get(world.database, entry.id).refusal_mean < 0.01
+
+
+def test_refusals_are_measured_against_the_identitys_own_band(world: World) -> None:
+    """An entry that is always refused 8 times every 5 minutes: 10 is usual, 16 is not."""
+    entry = _entry(world, "noisy", ("unix:uid:1004",), audiences=("https://a",))
+    _learn_week(
+        world, entry, selectors=("unix:uid:1004",), audiences=("https://a",), kind="jwt", refusals=8
+    )
+    baseline = store.get(world.database, entry.id)
+    assert 1.4 < baseline.refusal_mean < 1.8 and 3.0 < baseline.refusal_std < 3.4
+    assert _events(world, "anomaly.") == []  # the week itself was usual
+    world.clock.now = START + timedelta(days=7, hours=1)
+    _refused_audiences(world, entry, 10)
+    assert _events(world, "anomaly.") == []
+    world.clock.now += timedelta(minutes=1)
+    _refused_audiences(world, entry, 16)
+    (observed,) = _events(world, "anomaly.")
+    reason = json.loads(observed.detail)["reason"]
+    assert re.fullmatch(
+        r"refusals 1[45]/min vs baseline 1\.[4-8]/min \+- 3\.[0-4] \(limit 1[34]/min\)", reason
+    ), reason
+
+
+def test_issuance_at_an_hour_never_seen_in_a_week_is_observed(world: World) -> None:
+    entry = _entry(world, "office", ("unix:uid:1005",))
+    _learn_week(world, entry, hours=range(8, 18))
+    baseline = store.get(world.database, entry.id)
+    assert baseline.active_hours() == list(range(8, 18))
+    assert _events(world, "anomaly.") == []
+    # Within its hours: nothing.
+    world.clock.now = START + timedelta(days=7, hours=9)
+    world.issuer.issue_x509((), CSR, granted=entry.spiffe_id)
+    assert _events(world, "anomaly.") == []
+    # At 03:00 UTC, never seen in the week learned: observed, not refused.
+    world.clock.now = START + timedelta(days=8, hours=3, minutes=10)
+    world.issuer.issue_x509((), CSR, granted=entry.spiffe_id)
+    (observed,) = _events(world, "anomaly.")
+    assert observed.action == "anomaly.observe"
+    detail = json.loads(observed.detail)
+    assert detail["signals"] == ["hours"]
+    assert detail["reason"] == (
+        "issuance at 03:00-03:59 UTC, an hour never seen in 8 days (active hours UTC: 08-17)"
+    )
+    assert store.get(world.database, entry.id).action is None
+    # Learned: the same hour again is not news.
+    world.clock.now += timedelta(minutes=5)
+    world.issuer.issue_x509((), CSR, granted=entry.spiffe_id)
+    assert len(_events(world, "anomaly.")) == 1
+
+
+def test_hours_are_not_news_before_a_week_of_them(world: World) -> None:
+    entry = _entry(world, "young", ("unix:uid:1006",))
+    _learn_week(world, entry, hours=range(8, 18))
+    # As a row from before hours were kept: counting starts two days ago.
+    with world.database.session() as session:
+        row = session.get(AnomalyBaseline, entry.id)
+        assert row is not None
+        row.hours_since = START + timedelta(days=5)
+    world.clock.now = START + timedelta(days=7, hours=3)
+    world.issuer.issue_x509((), CSR, granted=entry.spiffe_id)
+    assert _events(world, "anomaly.") == []
