@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hmac
 import json
 import threading
@@ -51,7 +50,7 @@ from idmint.ca.issuance.agents import (
     key_digest,
     sync_document,
 )
-from idmint.ca.issuance.issuer import X509SVID
+from idmint.ca.issuance.issuer import X509SVID, X509Request
 from idmint.ca.issuance.pop import verify_proof
 from idmint.ca.storage import spends
 from idmint.ca.storage.models import Authority, AuthorityState, CredentialKind, Revocation
@@ -93,14 +92,14 @@ def _x509_json(svid: X509SVID) -> dict[str, Any]:
     }
 
 
-def _observe(kind: str, work: Callable[[], T]) -> T:
+def _observe(kind: str, work: Callable[[], T], count: int = 1) -> T:
     with metrics.ISSUANCE_SECONDS.labels(kind).time():
         try:
             result = work()
         except IdmintError as error:
-            metrics.ISSUED.labels(kind, error.code).inc()
+            metrics.ISSUED.labels(kind, error.code).inc(count)
             raise
-    metrics.ISSUED.labels(kind, "success").inc()
+    metrics.ISSUED.labels(kind, "success").inc(count)
     return result
 
 
@@ -387,26 +386,28 @@ def x509_batch() -> Any:
         # Every CSR is checked before anything is signed: a bad one refuses the batch.
         checked = [_checked_csr(api, csr) for _, csr in pairs]
     via = agent.via()
-    svids = []
-    # The proof is spent with the first SVID's record; each SVID is committed
-    # before the answer that carries it is sent.
-    pending: spends.Spend | None = spend
-    for (entry_id, csr), good in zip(pairs, checked, strict=True):
-        entry = served[entry_id]
-        svid = _observe(
-            "x509-agent-workload",
-            functools.partial(
-                api.service.issuer.issue_x509,
-                [*entry.selectors, *via],
-                csr.encode("ascii", "replace"),
-                entry.spiffe_id,
-                actor=f"agent:{agent.spiffe_id}",
-                checked=good,
-                spend=pending,
-            ),
+    requests = [
+        X509Request(
+            [*served[entry_id].selectors, *via],
+            csr.encode("ascii", "replace"),
+            served[entry_id].spiffe_id,
+            good,
         )
-        pending = None
-        svids.append({**_x509_json(svid), "entry_id": entry_id})
+        for (entry_id, csr), good in zip(pairs, checked, strict=True)
+    ]
+    # All records (and the proof's spend) in one commit, made while the
+    # certificates are signed; nothing is returned before it.
+    issued = _observe(
+        "x509-agent-workload",
+        lambda: api.service.issuer.issue_x509_batch(
+            requests, actor=f"agent:{agent.spiffe_id}", spend=spend
+        ),
+        count=len(requests),
+    )
+    svids = [
+        {**_x509_json(svid), "entry_id": entry_id}
+        for (entry_id, _), svid in zip(pairs, issued, strict=True)
+    ]
     return jsonify({"svids": svids}), 201
 
 

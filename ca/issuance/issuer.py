@@ -65,6 +65,41 @@ class X509SVID:
 
 
 @dataclass(frozen=True)
+class X509Request:
+    """One CSR of a batch (:meth:`Issuer.issue_x509_batch`) and what it is for."""
+
+    selectors: Sequence[str]
+    csr: bytes
+    spiffe_id: str | None = None
+    checked: CheckedCSR | None = None
+
+
+@dataclass(frozen=True)
+class _X509Draft:
+    """An X509-SVID decided but not signed yet: its record, audit event and signer."""
+
+    spiffe_id: str
+    serial: str
+    not_after: datetime
+    chain_tail: str
+    bundle_pem: str
+    credential: dict[str, Any]
+    event: audit.Event
+    sign: Callable[[], x509.Certificate]
+
+    def svid(self, certificate: x509.Certificate) -> X509SVID:
+        leaf_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        return X509SVID(
+            spiffe_id=self.spiffe_id,
+            chain_pem=leaf_pem + self.chain_tail,
+            bundle_pem=self.bundle_pem,
+            serial=self.serial,
+            expires_at=self.not_after,
+            certificate=certificate,
+        )
+
+
+@dataclass(frozen=True)
 class JWTSVID:
     """An issued JWT-SVID."""
 
@@ -320,13 +355,71 @@ class Issuer:
         ``spend`` (the request's single-use evidence) is spent in the
         transaction that records the SVID, committed before it is signed.
         """
-        matched: EntryView | None = None
+        draft = self._draft_x509(selectors, csr, spiffe_id, actor, granted, checked)
+        certificate = self._signed(
+            spend,
+            draft.credential,
+            draft.event,
+            draft.sign,
+            "x509-svid.sign",
+            {"serial": draft.serial},
+        )
+        return draft.svid(certificate)
+
+    def issue_x509_batch(
+        self,
+        requests: Sequence[X509Request],
+        actor: str,
+        spend: Spend | None = None,
+    ) -> list[X509SVID]:
+        """One X509-SVID per request, all recorded in one transaction (with ``spend``).
+
+        Every request is checked and matched first: one refused refuses the
+        batch and nothing is recorded. The records go to the database in one
+        commit while the certificates are signed (one HSM signature each);
+        none is returned before that commit.
+        """
+        drafts = [
+            self._draft_x509(r.selectors, r.csr, r.spiffe_id, actor, None, r.checked)
+            for r in requests
+        ]
+        items = [
+            Issuance(spend if n == 0 else None, d.credential, (d.event,))
+            for n, d in enumerate(drafts)
+        ]
+        settle = self.recorder.begin_many(items)
+        signed: list[x509.Certificate] = []
+        try:
+            for draft in drafts:
+                signed.append(draft.sign())
+        except Exception:
+            try:
+                settle()
+            except IdmintError:
+                raise  # not recorded: nothing to mark
+            for draft in drafts[len(signed) :]:
+                self._unsigned(
+                    "x509-svid.sign", draft.event.subject, actor, {"serial": draft.serial}
+                )
+            raise
+        settle()
+        return [draft.svid(certificate) for draft, certificate in zip(drafts, signed, strict=True)]
+
+    def _draft_x509(
+        self,
+        selectors: Sequence[str],
+        csr: bytes,
+        spiffe_id: str | None,
+        actor: str,
+        granted: str | None,
+        checked: CheckedCSR | None,
+    ) -> _X509Draft:
+        """Everything of an X509-SVID but its signature: entry, window, serial, record."""
         try:
             checked = checked or check_csr(csr)
             state = self.state()
             now = self.clock()
             state, entry = self._match(state, selectors, now, spiffe_id, granted)
-            matched = entry
             check_requested_names(checked, entry.spiffe_id, entry.dns_names)
             self.anomaly.check(entry, Request("x509", now, tuple(selectors)))
             ca = state.ca
@@ -347,13 +440,15 @@ class Issuer:
             )
         except IdmintError as error:
             self.refuse("x509-svid.issue", actor, error, selectors)
-            if matched is not None:
-                self._refused_for(matched, now, error)
             raise
         serial_hex = format(serial, "x")
-        certificate = self._signed(
-            spend,
-            {
+        return _X509Draft(
+            spiffe_id=entry.spiffe_id,
+            serial=serial_hex,
+            not_after=not_after,
+            chain_tail=ca.pem,
+            bundle_pem=state.bundle_pem,
+            credential={
                 "kind": CredentialKind.X509,
                 "identifier": serial_hex,
                 "spiffe_id": entry.spiffe_id,
@@ -362,25 +457,14 @@ class Issuer:
                 "issued_at": now,
                 "not_after": not_after,
             },
-            audit.Event(
+            event=audit.Event(
                 "x509-svid.issue",
                 entry.spiffe_id,
                 actor,
                 detail={"serial": serial_hex, "entry": entry.id, "not_after": not_after},
                 at=now,
             ),
-            lambda: builder.sign(ca.key, ca.hash),
-            "x509-svid.sign",
-            {"serial": serial_hex},
-        )
-        leaf_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        return X509SVID(
-            spiffe_id=entry.spiffe_id,
-            chain_pem=leaf_pem + ca.pem,
-            bundle_pem=state.bundle_pem,
-            serial=serial_hex,
-            expires_at=not_after,
-            certificate=certificate,
+            sign=lambda: builder.sign(ca.key, ca.hash),
         )
 
     def issue_jwt(

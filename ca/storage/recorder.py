@@ -68,6 +68,13 @@ class RecordSink(Protocol):
         """Start :meth:`commit`; the callable returned waits for it (raising as commit does)."""
         ...
 
+    def begin_many(self, items: Sequence[Issuance]) -> Callable[[], None]:
+        """Start committing ``items`` together; the callable waits for all of them.
+
+        It raises the first refusal or failure, once every answer is in.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -179,6 +186,18 @@ class Recorder:
 
     def begin(self, item: Issuance) -> Callable[[], None]:
         self.commit(item)  # in this process: committed before signing, nothing to overlap
+        return _done
+
+    def begin_many(self, items: Sequence[Issuance]) -> Callable[[], None]:
+        # One transaction for the lot (the database serialises it with commit()'s).
+        batch: list[tuple[Issuance, list[Any]]] = [(item, []) for item in items]
+        try:
+            results: list[Any] = self._commit(batch)
+        except Exception as error:
+            results = [error] * len(batch)
+        for (item, slot), result in zip(batch, results, strict=True):
+            slot.append(result)
+            self._settle(item, slot)
         return _done
 
     def commit(self, item: Issuance) -> None:

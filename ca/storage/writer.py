@@ -524,6 +524,25 @@ class WriterClient:
 
         return settle
 
+    def begin_many(self, items: Sequence[Issuance]) -> Callable[[], None]:
+        """Send every item at once (the writer commits them together); the callable
+        reads all the answers, in order, then raises the first refusal if any."""
+        self._send(b"".join(_frame(encode_issuance(item)) for item in items))
+
+        def settle() -> None:
+            first: IdmintError | None = None
+            for _ in items:
+                try:
+                    self._answer()
+                except WriterUnavailable:
+                    raise  # the connection is gone: no further answers will come
+                except IdmintError as error:
+                    first = first or error
+            if first is not None:
+                raise first
+
+        return settle
+
     def close(self) -> None:
         self._forget()
 

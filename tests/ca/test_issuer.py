@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from sqlalchemy import func, select
 
 from idmint.ca.authority.authorities import create_root, ensure_authorities
 from idmint.ca.issuance.entries import EntrySpec, EntryStore, NoMatchingEntry
-from idmint.ca.issuance.issuer import X509SVID, AudienceNotAllowed, Issuer
+from idmint.ca.issuance.issuer import X509SVID, AudienceNotAllowed, Issuer, X509Request
 from idmint.ca.jose.jwtsvid import InvalidJWTSVID, validate_jwt_svid
 from idmint.ca.spiffe_id import TrustDomain
 from idmint.ca.storage.db import Database
@@ -318,3 +319,48 @@ def test_svid_never_outlives_its_issuer(
     leaf, intermediate = list(_iter_certs(svid.chain_pem))
     assert leaf.not_valid_after_utc <= intermediate.not_valid_after_utc
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc < timedelta(minutes=4)
+
+
+def test_a_batch_is_recorded_in_one_go_and_each_svid_is_its_own(
+    issuer: Issuer, web_entry: str, entries: EntryStore, database: Database
+) -> None:
+    api_entry = _entry(entries, API, ["unix:uid:2000"])
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+    wanted = [
+        X509Request(["unix:uid:1000"], _csr(keys[0])),
+        X509Request(["unix:uid:2000"], _csr(keys[1])),
+        X509Request(["unix:uid:1000"], _csr(keys[2])),
+    ]
+    svids = issuer.issue_x509_batch(wanted, actor="agent:test")
+    assert [s.spiffe_id for s in svids] == [WEB, API, WEB]
+    for key, svid in zip(keys, svids, strict=True):
+        assert svid.certificate.public_key() == key.public_key()
+        assert svid.serial == format(svid.certificate.serial_number, "x")
+    with database.reading() as session:
+        rows = {r.identifier: r for r in session.scalars(select(IssuedCredential))}
+        issued = [
+            json.loads(e.detail)["serial"]
+            for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "x509-svid.issue")
+            )
+        ]
+    assert {s.serial for s in svids} <= set(rows) and {s.serial for s in svids} <= set(issued)
+    assert rows[svids[1].serial].entry_id == api_entry
+
+
+def test_a_batch_with_one_refused_request_records_nothing(
+    issuer: Issuer, web_entry: str, database: Database
+) -> None:
+    def count() -> int:
+        with database.reading() as session:
+            return int(session.scalar(select(func.count()).select_from(IssuedCredential)) or 0)
+
+    before = count()
+    key = ec.generate_private_key(ec.SECP256R1())
+    wanted = [
+        X509Request(["unix:uid:1000"], _csr(key)),
+        X509Request(["unix:uid:4242"], _csr(key)),  # no entry has this selector
+    ]
+    with pytest.raises(NoMatchingEntry):
+        issuer.issue_x509_batch(wanted, actor="agent:test")
+    assert count() == before
