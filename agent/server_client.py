@@ -63,6 +63,7 @@ class ServerClient:
         except (OSError, ssl.SSLError) as exc:
             raise AgentError(f"cannot read the server bundle {bundle_file}: {exc}") from None
         self._lock = threading.Lock()
+        self._local = threading.local()
         self.svid: AgentSVID | None = None
 
     def _call(
@@ -83,20 +84,32 @@ class ServerClient:
                 svid.chain_pem, svid.key, "agent", f"{method} {path}\n".encode() + payload
             )
             sent[PROOF_HEADER] = base64.b64encode(json.dumps(proof).encode()).decode("ascii")
-        connection = http.client.HTTPSConnection(
-            self.host, self.port, context=self.context, timeout=TIMEOUT
-        )
-        try:
-            connection.request(
-                method, path, body=payload or None, headers={**sent, **(headers or {})}
-            )
-            response = connection.getresponse()
-            data = response.read()
-            response_headers = {k.lower(): v for k, v in response.getheaders()}
-        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
-            raise ServerUnreachable(f"cannot reach the idmint server: {exc}") from None
-        finally:
-            connection.close()
+        # The sync (a GET, every second or so) keeps its connection: a TLS
+        # handshake cost the server more CPU than the rest of the sync. Other
+        # calls spend single-use proofs, so they never go out on a connection
+        # the server may have closed meanwhile (a retry could not tell whether
+        # the first try arrived).
+        keep = method == "GET"
+        for attempt in (1, 2):
+            connection = self._kept() if keep else self._new_connection()
+            try:
+                connection.request(
+                    method, path, body=payload or None, headers={**sent, **(headers or {})}
+                )
+                response = connection.getresponse()
+                data = response.read()
+                response_headers = {k.lower(): v for k, v in response.getheaders()}
+                break
+            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+                connection.close()
+                if keep:
+                    self._local.connection = None
+                if keep and attempt == 1:
+                    continue  # a kept connection the server closed while idle: once more
+                raise ServerUnreachable(f"cannot reach the idmint server: {exc}") from None
+            finally:
+                if not keep:
+                    connection.close()
         parsed: Any = None
         if data:
             try:
@@ -109,6 +122,18 @@ class ServerClient:
             detail = parsed.get("detail", parsed) if isinstance(parsed, dict) else parsed
             raise ServerRefused(f"{detail} (HTTP {response.status})", response.status)
         return response.status, response_headers, parsed
+
+    def _new_connection(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(
+            self.host, self.port, context=self.context, timeout=TIMEOUT
+        )
+
+    def _kept(self) -> http.client.HTTPSConnection:
+        """This thread's kept-alive connection (one per thread: http.client is not shared)."""
+        found: http.client.HTTPSConnection | None = getattr(self._local, "connection", None)
+        if found is None:
+            found = self._local.connection = self._new_connection()
+        return found
 
     def _install(self, issued: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> AgentSVID:
         chain = str(issued["chain_pem"])

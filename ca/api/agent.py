@@ -132,7 +132,13 @@ def authenticate(spend: bool, renewing: bool = False) -> AgentView:
     )
     if not is_agent_id(proven.spiffe_id, api.service.trust_domain):
         raise AgentForbidden(f"{proven.spiffe_id} is not an agent SVID")
-    agent = _registry(api).active(proven.spiffe_id)
+    registry = _registry(api)
+    if renewing:  # the recorded key decides under a taint: read it fresh
+        agent = registry.active(proven.spiffe_id)
+    else:
+        agent = issuer.cached(
+            ("agent", proven.spiffe_id), lambda: registry.active(proven.spiffe_id)
+        )
     try:
         check_issuers(issuer, proven)
     except AttestationFailed:
@@ -404,8 +410,16 @@ def x509_batch() -> Any:
         ),
         count=len(requests),
     )
+    # No bundle per SVID: the agent has it from its sync, and a batch of 100
+    # would carry the same PEM 100 times.
     svids = [
-        {**_x509_json(svid), "entry_id": entry_id}
+        {
+            "entry_id": entry_id,
+            "spiffe_id": svid.spiffe_id,
+            "chain_pem": svid.chain_pem,
+            "serial": svid.serial,
+            "expires_at": svid.expires_at.isoformat().replace("+00:00", "Z"),
+        }
         for (entry_id, _), svid in zip(pairs, issued, strict=True)
     ]
     return jsonify({"svids": svids}), 201

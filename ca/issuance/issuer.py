@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -50,6 +50,10 @@ from idmint.hsm.keys import AnyHSMKey
 
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Reads kept by Issuer.cached at most (distinct keys; then it starts afresh).
+_MAX_CACHED_READS = 10_000
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,8 @@ class Issuer:
         # Kept when the rest of the state is dropped (invalidate): entries
         # are refreshed from their change log, never re-read whole.
         self._index: EntryIndex | None = None
+        #: key -> (monotonic time read, value): see :meth:`cached`.
+        self._reads: dict[Hashable, tuple[float, object]] = {}
 
     def close(self) -> None:
         self.refusals.close()
@@ -254,27 +260,55 @@ class Issuer:
         """Forget cached state (after a change made in this process)."""
         with self._lock:
             self._state = None
+            self._reads.clear()
 
     def bundle(self) -> Bundle:
         return self.state().bundle
+
+    def cached(self, key: Hashable, load: Callable[[], T]) -> T:
+        """``load()``, reused for ``cache_seconds`` like the rest of the state.
+
+        For the reads every proof of possession makes (authority states, the
+        revocation of the SVID, an agent's record): an agent syncing every
+        second paid four queries a time for answers that change rarely. A
+        change reaches every worker and replica within ``cache_seconds``, as
+        entries and authorities do; :meth:`invalidate` forgets them at once.
+        """
+        now = time.monotonic()
+        found = self._reads.get(key)
+        if found is not None and now - found[0] < self.cache_seconds:
+            return cast(T, found[1])
+        value = load()
+        if len(self._reads) >= _MAX_CACHED_READS:
+            self._reads.clear()  # bounded: many distinct keys mean an attack or a sweep
+        self._reads[key] = (now, value)
+        return value
 
     def authority_state(self, kid: str | None) -> str | None:
         """The state of the authority with this key id (SKI hex), None if unknown."""
         if kid is None:
             return None
-        with self.database.reading() as session:
-            found = session.scalar(select(Authority.state).where(Authority.kid == kid))
-        return None if found is None else str(found.value)
+
+        def load() -> str | None:
+            with self.database.reading() as session:
+                found = session.scalar(select(Authority.state).where(Authority.kid == kid))
+            return None if found is None else str(found.value)
+
+        return self.cached(("authority", kid), load)
 
     def is_revoked(self, serial_hex: str) -> bool:
         """Whether the X509-SVID with this serial was revoked."""
-        with self.database.reading() as session:
-            found = session.scalar(
-                select(Revocation.id)
-                .where(Revocation.kind == CredentialKind.X509)
-                .where(Revocation.identifier == serial_hex)
-            )
-        return found is not None
+
+        def load() -> bool:
+            with self.database.reading() as session:
+                found = session.scalar(
+                    select(Revocation.id)
+                    .where(Revocation.kind == CredentialKind.X509)
+                    .where(Revocation.identifier == serial_hex)
+                )
+            return found is not None
+
+        return self.cached(("revoked", serial_hex), load)
 
     # -- issuance ------------------------------------------------------------
 

@@ -117,6 +117,12 @@ def test_pipeline_token_becomes_a_jwt_svid_valid_through_oidc_discovery(server: 
     assert claims["sub"] == "spiffe://example.org/ci/deploy"
 
 
+@pytest.fixture(scope="module")
+def refusals_entry(server: Server) -> dict[str, Any]:
+    """One entry for every case below (a twin of it would be refused with 409)."""
+    return server.entry("spiffe://example.org/ci/refusals", ["oidc:ci:repository:org/app"])
+
+
 @pytest.mark.parametrize(
     ("case", "status", "text"),
     [
@@ -128,8 +134,9 @@ def test_pipeline_token_becomes_a_jwt_svid_valid_through_oidc_discovery(server: 
         ("no matching entry", 403, "no enabled, unexpired registration entry"),
     ],
 )
-def test_bad_pipeline_tokens_are_refused(server: Server, case: str, status: int, text: str) -> None:
-    server.entry("spiffe://example.org/ci/refusals", ["oidc:ci:repository:org/app"])
+def test_bad_pipeline_tokens_are_refused(
+    refusals_entry: dict[str, Any], server: Server, case: str, status: int, text: str
+) -> None:
     ci = server.ci
     claims = ci.claims("idmint", repository="org/app")
     token = ci.token(claims)
