@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # at run time imported where used: --help stays light
     from idmint.ca.storage.audit import LoggedEvent
     from idmint.ca.storage.db import Database
 from idmint.cli.options import Duration, data_dir_option
-from idmint.cli.output import emit_json, output_option
+from idmint.cli.output import emit_json, emit_table, output_option
 
 
 class Since(click.ParamType):
@@ -244,12 +244,12 @@ def list_(
     if output == "json":
         emit_json([e.to_json() for e in events])
         return
-    click.echo(f"{'SEQ':>6}  {'TIME':20}  {'ACTION':28}  {'OUTCOME':8}  {'ACTOR':24}  SUBJECT")
-    for event in events:
-        click.echo(
-            f"{event.seq:>6}  {_time(event.at):20}  {event.action:28}  {event.outcome:8}  "
-            f"{event.actor[:24]:24}  {event.subject}"
-        )
+    # Columns as wide as their widest cell (an action such as
+    # authority.activate.intermediate is longer than any fixed width we chose).
+    emit_table(
+        ["SEQ", "TIME", "ACTION", "OUTCOME", "ACTOR", "SUBJECT"],
+        [[e.seq, _time(e.at), e.action, e.outcome, e.actor, e.subject] for e in events],
+    )
 
 
 def syslog_handler(address: str) -> logging.Handler:

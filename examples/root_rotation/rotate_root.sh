@@ -38,6 +38,7 @@ else
     echo "  idmint authority revoke root --id $old_root --data-dir $data_dir"
 fi
 
-step "5. the audit log"
+step "5. the audit log: intact, and every step of the rotation with who did it"
 "$idmint" audit verify --data-dir "$data_dir"
+"$idmint" audit list --data-dir "$data_dir" --action authority
 "$idmint" authority list --data-dir "$data_dir"

@@ -126,6 +126,12 @@ def test_root_rotation_runbook(server: Server) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     # By default the old root stays trusted: SVIDs under it keep validating.
     assert "Audit log intact" in done.stdout and "stays trusted" in done.stdout
+    # Every step of the rotation, listed with who did it (the CLI, not the server).
+    steps = [line.split() for line in done.stdout.splitlines() if "authority." in line]
+    done_by = {(fields[2], fields[4].split(":")[0]) for fields in steps if len(fields) >= 5}
+    for action in ("authority.create.root", "authority.activate.root"):
+        assert (action, "cli") in done_by, done.stdout
+    assert ("authority.activate.intermediate", "cli") in done_by, done.stdout
     _, _, bundle = server.request("GET", "/v1/bundle?format=pem")
     assert bundle.count(b"BEGIN CERTIFICATE") == 2
     active = next(
