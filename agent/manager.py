@@ -27,10 +27,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from idmint.agent.errors import AgentError, ServerRefused
-from idmint.agent.server_client import AgentSVID, ServerClient, new_key_and_csr
+from idmint.agent.server_client import AgentSVID, ServerClient
 from idmint.agent.state import EntryInfo, Identity, Store
 from idmint.ca.issuance.pop import issuer_kid
 from idmint.ca.jose.jwtsvid import jwks_keys
+from idmint.client import new_key_and_csr
 from idmint.errors import IdmintError
 
 log = logging.getLogger("idmint.agent")

@@ -17,27 +17,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idmint.agent.errors import AgentError, ServerRefused, ServerUnreachable
+from idmint.client import new_key_and_csr
 from idmint.pop import make_proof
 
 PROOF_HEADER = "X-Idmint-Agent-Proof"
 TIMEOUT = 10.0
-
-
-def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
-    """A fresh P-256 key and a CSR for it (the server sets every name)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-        .decode("ascii")
-    )
-    return key, csr
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -90,17 +89,6 @@ def _x509_json(svid: X509SVID) -> dict[str, Any]:
         "serial": svid.serial,
         "expires_at": svid.expires_at.isoformat().replace("+00:00", "Z"),
     }
-
-
-def _observe(kind: str, work: Callable[[], T], count: int = 1) -> T:
-    with metrics.ISSUANCE_SECONDS.labels(kind).time():
-        try:
-            result = work()
-        except IdmintError as error:
-            metrics.ISSUED.labels(kind, error.code).inc(count)
-            raise
-    metrics.ISSUED.labels(kind, "success").inc(count)
-    return result
 
 
 def _registry(api: APIState) -> AgentRegistry:
@@ -176,7 +164,7 @@ def _agent_svid(
     checked: CheckedCSR,
     spend: spends.Spend | None = None,
 ) -> Any:
-    svid = _observe(
+    svid = metrics.timed(
         "x509-agent",
         lambda: api.service.issuer.issue_x509(
             [f"{AGENT_SVID_SELECTOR}:{agent.spiffe_id}"],
@@ -403,12 +391,11 @@ def x509_batch() -> Any:
     ]
     # All records (and the proof's spend) in one commit, made while the
     # certificates are signed; nothing is returned before it.
-    issued = _observe(
+    issued = metrics.timed(
         "x509-agent-workload",
         lambda: api.service.issuer.issue_x509_batch(
             requests, actor=f"agent:{agent.spiffe_id}", spend=spend
         ),
-        count=len(requests),
     )
     # No bundle per SVID: the agent has it from its sync, and a batch of 100
     # would carry the same PEM 100 times.
@@ -437,7 +424,7 @@ def jwt() -> Any:
         agent = authenticate(spend=True)
         limit_identity(agent.spiffe_id)
         entry = _mine(agent, [entry_id])[entry_id]
-    svid = _observe(
+    svid = metrics.timed(
         "jwt-agent-workload",
         lambda: api.service.issuer.issue_jwt(
             [*entry.selectors, *agent.via()],

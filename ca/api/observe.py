@@ -31,6 +31,10 @@ ISSUANCE_ENDPOINTS = {
     "svid.x509_svid": "x509",
     "svid.jwt_svid": "jwt",
     "svid.renew": "x509-renew",
+    "agent.attest": "x509-agent",
+    "agent.renew": "x509-agent-renew",
+    "agent.x509_batch": "x509-agent-batch",  # one per batch answer, not per SVID
+    "agent.jwt": "jwt-agent-workload",
 }
 FORMATS = ("logfmt", "json")
 

@@ -64,13 +64,6 @@ def _x509_response(svid: X509SVID) -> dict[str, Any]:
     }
 
 
-def _observe(kind: str, work: Any) -> Any:
-    # Results (success or the refusal's problem code) are counted per answer
-    # in ca/api/observe.py, so refusals before issuance count too.
-    with metrics.ISSUANCE_SECONDS.labels(kind).time():
-        return work()
-
-
 @blueprint.post("/v1/svid/x509")
 def x509_svid() -> Any:
     """Attestation evidence + CSR -> X509-SVID."""
@@ -88,7 +81,7 @@ def x509_svid() -> Any:
         raise
     with spends.collecting(datetime.now(UTC)) as spend:
         attested = api.attest(data.get("attestation"), spend.now)
-        svid = _observe(
+        svid = metrics.timed(
             "x509",
             lambda: api.service.issuer.issue_x509(
                 attested.selectors,
@@ -120,7 +113,7 @@ def jwt_svid() -> Any:
         else:
             attested = api.attest(data.get("attestation"), spend.now)
             selectors, actor, granted_id = attested.selectors, attested.subject, attested.spiffe_id
-        svid = _observe(
+        svid = metrics.timed(
             "jwt",
             lambda: api.service.issuer.issue_jwt(
                 selectors, audiences, spiffe_id, actor=actor, granted=granted_id, spend=spend
@@ -225,7 +218,7 @@ def renew() -> Any:
         raise AttestationFailed("renewal needs 'proof': a signature by the current SVID's key")
     with spends.collecting(datetime.now(UTC)) as spend:
         spiffe_id = _prove(data["proof"], "x509-renew", csr.encode("ascii", "replace"), spend)
-        svid = _observe(
+        svid = metrics.timed(
             "x509-renew",
             lambda: api.service.issuer.issue_x509(
                 (),
