@@ -11,13 +11,18 @@ Usage: python benchmarks/cli_start.py [--rounds 15] [--idmint PATH]
 
 from __future__ import annotations
 
+import sys
+
+# Run as a script, this file's folder leads sys.path, and benchmarks/http.py
+# would shadow the standard library's ``http`` (prometheus_client imports it).
+sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
+
 import argparse
 import json
 import os
 import random
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any

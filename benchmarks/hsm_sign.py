@@ -15,11 +15,16 @@ Usage: python benchmarks/hsm_sign.py [--seconds 1.0] [--rounds 3]
 
 from __future__ import annotations
 
+import sys
+
+# Run as a script, this file's folder leads sys.path, and benchmarks/http.py
+# would shadow the standard library's ``http`` (prometheus_client imports it).
+sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
+
 import argparse
 import hashlib
 import json
 import platform
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path

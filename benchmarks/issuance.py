@@ -27,13 +27,18 @@ Usage: python benchmarks/issuance.py [--seconds 2] [--rounds 3]
 
 from __future__ import annotations
 
+import sys
+
+# Run as a script, this file's folder leads sys.path, and benchmarks/http.py
+# would shadow the standard library's ``http`` (prometheus_client imports it).
+sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
+
 import argparse
 import hashlib
 import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
