@@ -287,8 +287,8 @@ def _ratio(
     return round(on / statistics.median(r["requests_per_second"] for r in off), 3)
 
 
-def tree_cpu_seconds(roots: list[int]) -> float:
-    """CPU time (user + system) of ``roots`` and all their descendants, from /proc."""
+def _tree(roots: list[int]) -> tuple[set[int], dict[int, int]]:
+    """``roots`` and all their descendants, and every process's CPU ticks, from /proc."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -307,7 +307,27 @@ def tree_cpu_seconds(roots: list[int]) -> float:
         children = [pid for pid, ppid in parents.items() if ppid == parent]
         frontier.extend(pid for pid in children if pid not in wanted)
         wanted.update(children)
+    return wanted, ticks
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system) of ``roots`` and all their descendants."""
+    wanted, ticks = _tree(roots)
     return sum(ticks.get(pid, 0) for pid in wanted) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_pss_mib(roots: list[int]) -> float:
+    """Proportional set size of ``roots`` and their descendants (shared pages split)."""
+    total = 0
+    for pid in _tree(roots)[0]:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
 
 
 def _pem(key: Any) -> bytes:
@@ -549,6 +569,11 @@ class Stack:
         spy.wait(timeout=120)
         return output
 
+    def pss(self) -> float:
+        """The server's PSS in MiB (master, workers, writer and its standby)."""
+        assert self.server is not None
+        return tree_pss_mib([self.server.pid])
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.terminate()
@@ -665,6 +690,7 @@ def main() -> None:
         try:
             for stack in stacks:
                 stack.start(args)
+            pss_idle = {stack.name: stack.pss() for stack in stacks}
             turns: list[Any] = list(stacks)
             if cfssl is not None:
                 turns.append(cfssl)
@@ -677,6 +703,9 @@ def main() -> None:
                     else:
                         for name, result in cfssl_round(turn, sign_body, args, scratch).items():
                             rounds[name].append(result)
+            pss_after = {stack.name: stack.pss() for stack in stacks}
+            if cfssl is not None:
+                pss_after["cfssl"] = tree_pss_mib([cfssl[0].pid])
             if args.py_spy and shutil.which("py-spy"):
                 profile = stacks[0].profile(args, Path(scratch))
         finally:
@@ -699,6 +728,13 @@ def main() -> None:
                 for kind in ("x509_svid", "jwt_svid", "healthz")
             }
             for stack in stacks
+        },
+        "server_pss_mib": {
+            **{
+                stack.name: {"idle": pss_idle[stack.name], "after_load": pss_after[stack.name]}
+                for stack in stacks
+            },
+            **({"cfssl": {"after_load": pss_after["cfssl"]}} if "cfssl" in pss_after else {}),
         },
         "cfssl_sign": summarise(rounds["cfssl_sign"]),
         "cfssl_get_scaninfo": summarise(rounds["cfssl_get"]),
