@@ -18,13 +18,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
@@ -37,6 +39,7 @@ from idmint.attestation.x509pop import verify_signature
 from idmint.pop import jwt_payload, statement
 
 WINDOW = timedelta(seconds=60)
+_SHA256 = hashes.SHA256()
 
 __all__ = [
     "WINDOW",
@@ -98,28 +101,76 @@ def verify_proof(
         raise AttestationFailed("proof chain is empty")
     leaf = chain[0]
     verify_signature(leaf.public_key(), signature, statement(purpose, timestamp, payload))
+    checked = _checked_chain(chain_pem, chain, roots, now)
+    serial = format(leaf.serial_number, "x")
+    if is_revoked(serial):
+        raise AttestationFailed(f"the SVID with serial {serial} is revoked")
+    key = "pop:" + replay_digest(leaf, statement(purpose, timestamp, payload), signature)
+    return ProvenSVID(
+        checked.spiffe_id,
+        serial,
+        leaf.not_valid_after_utc,
+        (key, now + 2 * WINDOW),
+        checked.issuer_kid,
+        checked.root_kid,
+    )
+
+
+@dataclass(frozen=True)
+class _CheckedChain:
+    leaf: x509.Certificate
+    spiffe_id: str
+    issuer_kid: str | None
+    root_kid: str | None
+
+
+#: Chains already validated, by (chain PEM, roots): an agent proves the same
+#: SVID every second, and path validation (two signature checks and the
+#: policy) cost it more than the rest of a sync. Bounded; oldest dropped.
+_CHECKED: OrderedDict[tuple[str, tuple[bytes, ...]], _CheckedChain] = OrderedDict()
+_CHECKED_MAX = 4096
+_CHECKED_LOCK = threading.Lock()
+
+
+def _checked_chain(
+    chain_pem: str,
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    now: datetime,
+) -> _CheckedChain:
+    """``chain`` (leaf first) validated against ``roots``, and its SPIFFE ID; raise if not.
+
+    A cached result is reused only while the leaf is inside its validity at
+    ``now`` and for the same roots (a root rotation is another key).
+    """
+    key = (chain_pem, tuple(root.fingerprint(_SHA256) for root in roots))
+    with _CHECKED_LOCK:
+        found = _CHECKED.get(key)
+        if found is not None:
+            _CHECKED.move_to_end(key)
+    if (
+        found is not None
+        and found.leaf.not_valid_before_utc <= now < found.leaf.not_valid_after_utc
+    ):
+        return found
+    leaf = chain[0]
     verifier = PolicyBuilder().store(Store(list(roots))).time(now).build_client_verifier()
     try:
-        verifier.verify(leaf, chain[1:])
+        verifier.verify(leaf, list(chain[1:]))
     except VerificationError as exc:
         raise AttestationFailed(f"the SVID does not chain to this trust domain: {exc}") from None
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1 or not uris[0].startswith("spiffe://"):
         raise AttestationFailed("the certificate is not an X509-SVID (one spiffe:// URI SAN)")
-    serial = format(leaf.serial_number, "x")
-    if is_revoked(serial):
-        raise AttestationFailed(f"the SVID with serial {serial} is revoked")
-    key = "pop:" + replay_digest(leaf, statement(purpose, timestamp, payload), signature)
-    root_kid = issuer_kid(chain[1]) if len(chain) > 1 else None
-    return ProvenSVID(
-        uris[0],
-        serial,
-        leaf.not_valid_after_utc,
-        (key, now + 2 * WINDOW),
-        issuer_kid(leaf),
-        root_kid,
+    checked = _CheckedChain(
+        leaf, uris[0], issuer_kid(leaf), issuer_kid(chain[1]) if len(chain) > 1 else None
     )
+    with _CHECKED_LOCK:
+        _CHECKED[key] = checked
+        while len(_CHECKED) > _CHECKED_MAX:
+            _CHECKED.popitem(last=False)
+    return checked
 
 
 #: Group orders of the curves an SVID key may use (SEC 2, section 2.4).

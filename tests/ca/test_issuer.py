@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -364,3 +365,42 @@ def test_a_batch_with_one_refused_request_records_nothing(
     with pytest.raises(NoMatchingEntry):
         issuer.issue_x509_batch(wanted, actor="agent:test")
     assert count() == before
+
+
+def test_a_validated_proof_chain_is_reused_only_for_its_roots_and_lifetime(
+    issuer: Issuer, web_entry: str
+) -> None:
+    """verify_proof caches path validation per chain: never across roots or past expiry."""
+    from idmint.attestation.base import AttestationFailed
+    from idmint.ca.issuance.pop import verify_proof
+    from idmint.pop import jwt_payload, make_proof
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    svid = issuer.issue_x509(["unix:uid:1000"], _csr(key))
+    roots = issuer.bundle().roots
+
+    def prove(at: datetime, trusted: Any) -> str:
+        proof = make_proof(svid.chain_pem, key, "jwt-svid", jwt_payload(["a"]), at)
+        payload = jwt_payload(["a"])
+        return verify_proof(proof, "jwt-svid", payload, trusted, at, lambda _: False).spiffe_id
+
+    now = datetime.now(UTC)
+    assert prove(now, roots) == WEB
+    assert prove(now, roots) == WEB  # the second time from the cache
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "stranger")])
+    other_root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(stranger.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(stranger, hashes.SHA256())
+    )
+    with pytest.raises(AttestationFailed, match="does not chain"):
+        prove(now, [other_root])
+    with pytest.raises(AttestationFailed, match="does not chain"):
+        prove(svid.expires_at + timedelta(seconds=1), roots)
