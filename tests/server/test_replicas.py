@@ -96,7 +96,9 @@ def test_rotation_on_one_replica_is_seen_by_the_other(
         _, err = racer.communicate(timeout=60)
         results.append((racer.returncode, err))
     assert sorted(code for code, _ in results) == [0, 1], results
-    assert any("already waiting" in err or "at the same moment" in err for _, err in results), results
+    assert any("already waiting" in err or "at the same moment" in err for _, err in results), (
+        results
+    )
     began = time.monotonic()
     while len(_kids(b)) != 2:  # published by A's CLI, seen by B
         assert time.monotonic() - began < 10, "replica B never saw the prepared key"
