@@ -26,6 +26,7 @@ it).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -75,10 +76,8 @@ class PeerProxy:
     def stop(self) -> None:
         self._closing.set()
         if self._listener is not None:
-            try:
+            with contextlib.suppress(OSError):  # not connected, or already shut
                 self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
         self.public_path.unlink(missing_ok=True)
         shutil.rmtree(self.private_dir, ignore_errors=True)
@@ -141,7 +140,5 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
     except OSError:
         pass  # the other side went away; the finally below tells the peer
     finally:
-        try:
+        with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass

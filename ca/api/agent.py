@@ -22,7 +22,6 @@ import binascii
 import hmac
 import json
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -267,21 +266,18 @@ class _SyncCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._shared: tuple[float, tuple[str, ...], tuple[str, ...]] | None = None
         self._by_agent: dict[str, _Synced] = {}
 
-    def shared(self, api: APIState) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    @staticmethod
+    def shared(api: APIState) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(untrusted authorities, revoked jtis), at most ``cache_seconds`` old."""
-        found = self._shared
-        now = time.monotonic()
-        if found is None or now - found[0] >= api.service.issuer.cache_seconds:
-            found = (
-                now,
+        return api.service.issuer.cached(
+            ("agent-sync",),
+            lambda: (
                 tuple(sorted(_untrusted_authorities(api))),
                 tuple(sorted(_revoked_jtis(api))),
-            )
-            self._shared = found
-        return found[1], found[2]
+            ),
+        )
 
     def document(self, api: APIState, agent: AgentView) -> _Synced:
         current = api.service.issuer.state()

@@ -34,6 +34,7 @@ from tests.server.conftest import (
     clean_env,
     init_data_dir,
     start_server,
+    stop_server,
 )
 
 TRUST_DOMAIN = "example.org"
@@ -235,15 +236,6 @@ def restart_server(server: Server, log: Path) -> None:
         if server.process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("idmint server did not restart:\n" + log.read_text())
         time.sleep(0.2)
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
 
 
 def eventually(check: Any, timeout: float = 5.0, interval: float = 0.1) -> Any:

@@ -8,7 +8,6 @@ evidence produced is served by that agent only.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -21,40 +20,21 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.agent.conftest import AgentProcess, eventually, shared_dir
 from tests.server.conftest import (
-    K8S_ISSUER,
-    OIDC_ISSUER,
     Server,
-    TokenIssuer,
-    _bootstrap_ca,
     _free_port,
     _idmint,
     bootstrap_leaf,
     clean_env,
-    init_data_dir,
-    start_server,
+    start_attesting_server,
+    stop_server,
 )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("node-evidence")
-    data = init_data_dir(base / "data")
-    ci, k8s = TokenIssuer(OIDC_ISSUER), TokenIssuer(K8S_ISSUER)
-    (data / "ci-jwks.json").write_text(json.dumps(ci.jwks()))
-    (data / "k8s-jwks.json").write_text(json.dumps(k8s.jwks()))
-    bootstrap = _bootstrap_ca(data)
-    with (data / "idmint.toml").open("a") as config:
-        config.write(
-            f'\n[attestation.oidc.ci]\nissuer = "{OIDC_ISSUER}"\naudience = "idmint"\n'
-            'jwks_file = "ci-jwks.json"\nclaims = ["sub", "repository"]\n'
-            f'\n[attestation.k8s_psat]\nissuer = "{K8S_ISSUER}"\naudience = "idmint"\n'
-            'jwks_file = "k8s-jwks.json"\ncluster = "test"\n'
-            '\n[attestation.x509pop]\nca_bundle = "bootstrap-ca.pem"\n'
-        )
-    running = start_server(data, base, workers=2, issuers=(ci, k8s), bootstrap=bootstrap)
+    running = start_attesting_server(tmp_path_factory.mktemp("node-evidence"))
     yield running
-    running.process.terminate()
-    running.process.wait(timeout=30)
+    stop_server(running)
 
 
 def _agent(server: Server, directory: Path, name: str, evidence: list[str]) -> AgentProcess:

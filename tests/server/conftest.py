@@ -351,9 +351,14 @@ def init_data_dir(data: Path, trust_domain: str = "example.org", cache_seconds: 
     return data
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("server")
+def start_attesting_server(
+    base: Path, workers: int = 2, extra_config: str = "", name: str = "server"
+) -> Server:
+    """``idmint server`` on a fresh data directory under ``base`` that trusts a test CI
+    OIDC issuer, a test Kubernetes issuer and a bootstrap CA (x509pop).
+
+    ``extra_config`` is appended to idmint.toml (e.g. an ``[anomaly]`` section).
+    """
     data = init_data_dir(base / "data")
     ci, k8s = TokenIssuer(OIDC_ISSUER), TokenIssuer(K8S_ISSUER)
     (data / "ci-jwks.json").write_text(json.dumps(ci.jwks()))
@@ -365,14 +370,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             'jwks_file = "ci-jwks.json"\nclaims = ["sub", "repository", "ref"]\n'
             f'\n[attestation.k8s_psat]\nissuer = "{K8S_ISSUER}"\naudience = "idmint"\n'
             'jwks_file = "k8s-jwks.json"\ncluster = "test"\n'
-            '\n[attestation.x509pop]\nca_bundle = "bootstrap-ca.pem"\n'
+            '\n[attestation.x509pop]\nca_bundle = "bootstrap-ca.pem"\n' + extra_config
         )
-    running = start_server(
-        data, base, workers=2, issuers=(ci, k8s), bootstrap=(bootstrap_key, bootstrap_cert)
+    return start_server(
+        data,
+        base,
+        name,
+        workers=workers,
+        issuers=(ci, k8s),
+        bootstrap=(bootstrap_key, bootstrap_cert),
     )
-    yield running
-    running.process.terminate()
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
     try:
-        running.process.wait(timeout=20)
+        server.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        running.process.kill()
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_attesting_server(tmp_path_factory.mktemp("server"))
+    yield running
+    stop_server(running)

@@ -17,14 +17,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.server.conftest import (
-    OIDC_ISSUER,
     Server,
-    TokenIssuer,
     _idmint,
     clean_env,
     csr_pem,
-    init_data_dir,
-    start_server,
+    start_attesting_server,
+    stop_server,
 )
 from tests.server.test_revocation import _fetch_crl, _ocsp_status, _split_chain
 
@@ -33,23 +31,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("anomaly-server")
-    data = init_data_dir(base / "data")
-    ci = TokenIssuer(OIDC_ISSUER)
-    (data / "ci-jwks.json").write_text(json.dumps(ci.jwks()))
-    with (data / "idmint.toml").open("a") as config:
-        config.write(
-            f'\n[attestation.oidc.ci]\nissuer = "{OIDC_ISSUER}"\naudience = "idmint"\n'
-            'jwks_file = "ci-jwks.json"\nclaims = ["sub", "repository", "ref"]\n'
-            "\n[anomaly]\nlearning_minutes = 0\nlearning_samples = 1\nsync_seconds = 0\n"
-        )
-    running = start_server(data, base, workers=2, issuers=(ci, TokenIssuer("unused")))
+    running = start_attesting_server(
+        tmp_path_factory.mktemp("anomaly-server"),
+        workers=2,
+        extra_config="\n[anomaly]\nlearning_minutes = 0\nlearning_samples = 1\nsync_seconds = 0\n",
+    )
     yield running
-    running.process.terminate()
-    try:
-        running.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
+    stop_server(running)
 
 
 def _attest(server: Server, ref: str) -> tuple[int, Any]:

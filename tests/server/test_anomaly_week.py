@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,33 +32,18 @@ from idmint.ca.storage.models import AuditEvent
 from idmint.ca.storage.recorder import Recorder
 from idmint.pop import make_proof
 from tests.server.conftest import (
-    OIDC_ISSUER,
     Server,
-    TokenIssuer,
     csr_pem,
-    init_data_dir,
-    start_server,
+    start_attesting_server,
+    stop_server,
 )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("anomaly-week")
-    data = init_data_dir(base / "data")
-    ci = TokenIssuer(OIDC_ISSUER)
-    (data / "ci-jwks.json").write_text(json.dumps(ci.jwks()))
-    with (data / "idmint.toml").open("a") as config:
-        config.write(
-            f'\n[attestation.oidc.ci]\nissuer = "{OIDC_ISSUER}"\naudience = "idmint"\n'
-            'jwks_file = "ci-jwks.json"\nclaims = ["sub", "repository", "ref"]\n'
-        )
-    running = start_server(data, base, workers=1, issuers=(ci, TokenIssuer("unused")))
+    running = start_attesting_server(tmp_path_factory.mktemp("anomaly-week"), workers=1)
     yield running
-    running.process.terminate()
-    try:
-        running.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
+    stop_server(running)
 
 
 def _database(server: Server) -> Database:
