@@ -27,6 +27,8 @@ class ServerRefused(AgentError):
 
     code = "server-refused"
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, problem: str = "") -> None:
         super().__init__(message)
         self.status = status
+        #: The last part of the problem's ``type`` URI, e.g. ``step-up-required``.
+        self.problem = problem

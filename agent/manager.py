@@ -45,6 +45,10 @@ BATCH = 100
 JITTER = 0.05
 
 
+#: The problem type of the anomaly response's step-up (ca/anomaly/errors.py).
+STEP_UP = "step-up-required"
+
+
 def renew_time(not_before: datetime, not_after: datetime, rng: random.Random) -> datetime:
     """About half-way through the validity window, give or take 5 % of it."""
     return not_before + (not_after - not_before) * (0.5 + rng.uniform(-JITTER, JITTER))
@@ -80,6 +84,9 @@ class Manager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._jwt_lock = threading.Lock()
+        #: A JWT-SVID request by proof was refused (401): renew or attest next round.
+        self._proof_refused = threading.Event()
+        self._refusal: ServerRefused | None = None
         self._jwts: dict[tuple[str, tuple[str, ...]], tuple[str, datetime, str | None]] = {}
 
     # -- life cycle ------------------------------------------------------------
@@ -122,6 +129,9 @@ class Manager:
 
     def step(self) -> None:
         """Attest or renew the agent SVID if due, sync, sign what is due, publish."""
+        if self._proof_refused.is_set():
+            self._proof_refused.clear()
+            self._answer_refusal(self._refusal)
         self._ensure_agent_svid()
         try:
             document = self.client.sync(self.revision)
@@ -134,7 +144,13 @@ class Manager:
             document = self.client.sync(self.revision)
         if document is not None:
             self._apply(document)
-        self._sign_due()
+        try:
+            self._sign_due()
+        except ServerRefused as refused:
+            if refused.status != 401:
+                raise
+            self._answer_refusal(refused)
+            self._sign_due()
         self.last_success = self.clock()
         if not self.store.current.ready:
             self.store.publish(ready=True)
@@ -149,6 +165,20 @@ class Manager:
             if issuer_kid(svid.certificate) not in self.untrusted:
                 return
         self._renew_agent()
+
+    def _answer_refusal(self, refused: ServerRefused | None) -> None:
+        """The server wants more than this agent SVID's proof: give it.
+
+        A step-up by the anomaly response is satisfied only by attesting
+        afresh with node evidence; other refusals of a proof (its issuer
+        tainted, say) by renewing the SVID, or attesting if that is refused.
+        """
+        if refused is not None and refused.problem == STEP_UP:
+            log.warning("the server asks this agent to attest afresh (%s)", refused)
+            self._attest()
+        else:
+            log.warning("a call by proof was refused (%s); renewing the agent SVID", refused)
+            self._renew_agent()
 
     def _renew_agent(self) -> None:
         try:
@@ -280,7 +310,14 @@ class Manager:
             token, reuse_until, jti = cached
             if reuse_until > now and jti not in self.store.current.revoked_jtis:
                 return token
-        issued = self.client.jwt(entry.id, list(key[1]))
+        try:
+            issued = self.client.jwt(entry.id, list(key[1]))
+        except ServerRefused as refused:
+            if refused.status == 401:  # see step(): the sync thread renews or attests
+                self._refusal = refused
+                self._proof_refused.set()
+                self._wake.set()
+            raise
         token = str(issued["token"])
         expires = datetime.fromisoformat(str(issued["expires_at"]).replace("Z", "+00:00"))
         issued_at = _jwt_iat(token) or now

@@ -107,7 +107,10 @@ class ServerClient:
                 ) from None
         if response.status >= 400:
             detail = parsed.get("detail", parsed) if isinstance(parsed, dict) else parsed
-            raise ServerRefused(f"{detail} (HTTP {response.status})", response.status)
+            kind = str(parsed.get("type", "")) if isinstance(parsed, dict) else ""
+            raise ServerRefused(
+                f"{detail} (HTTP {response.status})", response.status, kind.rsplit("/", 1)[-1]
+            )
         return response.status, response_headers, parsed
 
     def _new_connection(self) -> http.client.HTTPSConnection:

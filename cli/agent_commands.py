@@ -188,6 +188,8 @@ def _show(data: dict[str, Any], output: str) -> None:
             ("SPIFFE ID", data["spiffe_id"]),
             ("Attestation", data["attestation_type"]),
             ("Selectors", ", ".join(data["selectors"]) or "-"),
+            ("Entry", data["entry_id"]),
+            ("Anomaly baseline", f"agent:{data['entry_id']} (idmint anomaly show)"),
             ("SVID serial", data["serial"] or "-"),
             ("SVID expires", data["svid_expires_at"] or "-"),
             ("Attested", data["attested_at"]),

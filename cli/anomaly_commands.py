@@ -130,7 +130,7 @@ def policy(
             from idmint.ca.issuance.entries import EntryStore
             from idmint.ca.spiffe_id import TrustDomain
 
-            EntryStore(database, TrustDomain(config.trust_domain)).get(entry_id)
+            EntryStore(database, TrustDomain(config.trust_domain)).get(store.entry_of(entry_id))
         updated = store.set_policy(
             database,
             entry_id,

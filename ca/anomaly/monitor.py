@@ -82,11 +82,26 @@ class Request:
     at: datetime
     selectors: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
+    #: Credentials this request asks for (an agent's batch counts each).
+    count: int = 1
+    #: Authenticated by proof of possession of an earlier SVID, whatever the
+    #: selectors say (an agent's calls carry its node selectors).
+    by_proof: bool = False
+    #: When the caller last attested afresh, read only while a step-up stands:
+    #: attesting after the decision satisfies it (an agent's calls are all by
+    #: proof, so without this a step-up would stop it for good).
+    attested_at: Callable[[], datetime | None] | None = None
 
     @property
     def renewal(self) -> bool:
         # Proof-of-possession requests carry no attested selectors.
-        return not self.selectors
+        return self.by_proof or not self.selectors
+
+    def attested_since(self, moment: datetime | None) -> bool:
+        if self.attested_at is None or moment is None:
+            return False
+        attested = self.attested_at()
+        return attested is not None and attested > moment
 
 
 @dataclass
@@ -134,8 +149,8 @@ class AnomalyMonitor:
             defaults = self._policy_defaults()
             learning = defaults.learn and not baseline.frozen
             advance(baseline, request.at, learning, self._refusal_cap(baseline))
-            baseline.window_count += 1
-            cached.pending += 1
+            baseline.window_count += request.count
+            cached.pending += request.count
             found = signals(baseline, sample, self.settings)
             action = decide(found, baseline.policy or defaults.policy)
             if learning:
@@ -230,9 +245,16 @@ class AnomalyMonitor:
         )
 
     def _deny(self, entry: _Entry, baseline: Baseline, now: datetime) -> None:
-        """Disable the entry and revoke what it holds, as ``idmint revoke entry`` does."""
+        """Disable the entry and revoke what it holds, as ``idmint revoke entry`` does.
+
+        A subject with a ``deny`` of its own (an agent: ban it too) does that.
+        """
         from idmint.ca.revocation.revocations import revoke_entry
 
+        own = getattr(entry, "deny", None)
+        if own is not None:
+            own(self.database, ACTOR, now)
+            return
         # Nothing to flush: every credential is on record before it leaves
         # (ca/storage/recorder.py), so revoke_entry sees all of them.
         (self.revoke or revoke_entry)(
@@ -250,7 +272,11 @@ class AnomalyMonitor:
                 f"{entry.spiffe_id} was denied by the anomaly response ({why}); its entry is "
                 f"disabled and its credentials revoked (idmint anomaly show {entry.id})"
             )
-        if action is Action.STEP_UP and request.renewal:
+        if (
+            action is Action.STEP_UP
+            and request.renewal
+            and not request.attested_since(baseline.decided_at)
+        ):
             metrics.REFUSED.labels(action.label).inc()
             raise StepUpRequired(
                 f"renewal of {entry.spiffe_id} by proof of possession is refused ({why}): "

@@ -22,6 +22,8 @@ from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AnomalyBaseline
 
 DEFAULTS_ID = "*"
+#: An agent's baseline is keyed by this and the agent's own entry id.
+AGENT_PREFIX = "agent:"
 _STATS = (
     "samples",
     "minutes",
@@ -49,6 +51,16 @@ class BaselineNotFound(CAError):
     """No baseline for this entry (it has not issued anything yet)."""
 
     code = "anomaly-baseline-not-found"
+
+
+def agent_key(agent_entry_id: str) -> str:
+    """The baseline key of the agent whose registration entry is ``agent_entry_id``."""
+    return AGENT_PREFIX + agent_entry_id
+
+
+def entry_of(key: str) -> str:
+    """The registration entry a baseline key belongs to (an agent's own entry for its key)."""
+    return key.removeprefix(AGENT_PREFIX)
 
 
 def to_baseline(row: AnomalyBaseline) -> Baseline:

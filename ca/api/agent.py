@@ -22,6 +22,7 @@ import binascii
 import hmac
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 
 from idmint.attestation.base import AttestationFailed
+from idmint.ca.anomaly.monitor import Request as AnomalyRequest
 from idmint.ca.api import metrics
 from idmint.ca.api.auth import Unauthenticated, request_payload, require_admin
 from idmint.ca.api.context import APIState, state
@@ -38,6 +40,7 @@ from idmint.ca.api.limits import limit_address, limit_identity
 from idmint.ca.api.svid import BadRequest, body, check_issuers
 from idmint.ca.issuance.agents import (
     AGENT_SVID_SELECTOR,
+    AgentAsAnomalySubject,
     AgentForbidden,
     AgentRegistry,
     AgentView,
@@ -162,6 +165,7 @@ def _agent_svid(
     csr: str,
     checked: CheckedCSR,
     spend: spends.Spend | None = None,
+    by_proof: bool = False,
 ) -> Any:
     svid = metrics.timed(
         "x509-agent",
@@ -172,6 +176,8 @@ def _agent_svid(
             actor=f"agent:{agent.spiffe_id}",
             checked=checked,
             spend=spend,
+            by_proof=by_proof,
+            attested_at=_attested_at(api, agent) if by_proof else None,
         ),
     )
     _registry(api).issued(
@@ -216,7 +222,7 @@ def renew() -> Any:
     checked = _checked_csr(api, csr)  # before the proof is spent
     with spends.collecting(datetime.now(UTC)) as spend:
         agent = authenticate(spend=True, renewing=True)
-        return _agent_svid(api, agent, csr, checked, spend)
+        return _agent_svid(api, agent, csr, checked, spend, by_proof=True)
 
 
 def _revoked_jtis(api: APIState) -> list[str]:
@@ -335,6 +341,32 @@ def entries() -> Any:
     return response
 
 
+def _attested_at(api: APIState, agent: AgentView) -> Callable[[], datetime | None]:
+    """When the agent last attested, read fresh (the cached view may predate it)."""
+    return lambda: _registry(api).get(agent.spiffe_id).attested_at
+
+
+def _check_agent(
+    api: APIState, agent: AgentView, kind: str, count: int, audiences: tuple[str, ...] = ()
+) -> None:
+    """Count the agent's request in its own baseline; raise if the response refuses it.
+
+    What an agent asks for its workloads is judged as the agent's behaviour
+    (see :class:`AgentAsAnomalySubject`), besides each entry's own check.
+    """
+    api.service.issuer.anomaly.check(
+        AgentAsAnomalySubject(agent, api.service.trust_domain),
+        AnomalyRequest(
+            kind,
+            datetime.now(UTC),
+            audiences=audiences,
+            count=count,
+            by_proof=True,
+            attested_at=_attested_at(api, agent),
+        ),
+    )
+
+
 def _mine(agent: AgentView, entry_ids: list[str]) -> dict[str, Any]:
     """The requested entries, all of which must be this agent's to serve."""
     current = state().service.issuer.state()
@@ -347,6 +379,10 @@ def _mine(agent: AgentView, entry_ids: list[str]) -> dict[str, Any]:
         served = {e.id: e for e in authorized_entries(current.entries, agent, datetime.now(UTC))}
         missing = [i for i in entry_ids if i not in served]
     if missing:
+        api = state()
+        api.service.issuer.anomaly.refused(
+            AgentAsAnomalySubject(agent, api.service.trust_domain), datetime.now(UTC)
+        )
         raise AgentForbidden(
             f"agent {agent.spiffe_id} does not serve entr{'y' if len(missing) == 1 else 'ies'} "
             f"{missing} (not parented to it, disabled or expired); nothing was issued"
@@ -375,6 +411,7 @@ def x509_batch() -> Any:
         served = _mine(agent, [entry_id for entry_id, _ in pairs])
         # Every CSR is checked before anything is signed: a bad one refuses the batch.
         checked = [_checked_csr(api, csr) for _, csr in pairs]
+        _check_agent(api, agent, "agent-x509", len(pairs))
     via = agent.via()
     requests = [
         X509Request(
@@ -420,6 +457,7 @@ def jwt() -> Any:
         agent = authenticate(spend=True)
         limit_identity(agent.spiffe_id)
         entry = _mine(agent, [entry_id])[entry_id]
+        _check_agent(api, agent, "agent-jwt", 1, tuple(audiences))
     svid = metrics.timed(
         "jwt-agent-workload",
         lambda: api.service.issuer.issue_jwt(

@@ -68,7 +68,7 @@ def _changes(data: dict[str, Any], allow_exempt: bool) -> dict[str, Any]:
 def update_anomaly(entry_id: str) -> Any:
     actor = require_admin()
     changes = _changes(body(), allow_exempt=True)
-    state().service.entries.get(entry_id)  # 404 for an unknown entry
+    state().service.entries.get(store.entry_of(entry_id))  # 404 for an unknown entry
     updated = store.set_policy(state().service.database, entry_id, actor, **changes)
     return jsonify(store.describe(updated, _settings()))
 

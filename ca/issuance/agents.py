@@ -386,3 +386,34 @@ class AgentRegistry:
         except CAError:
             pass  # its entry was deleted by hand: the ban flag alone still refuses it
         return self.get(agent_id)
+
+
+@dataclass(frozen=True)
+class AgentAsAnomalySubject:
+    """An agent as the anomaly response sees it: what it asks on its workloads' behalf.
+
+    Counted in a baseline of its own (``agent:<its entry id>``): workload
+    SVIDs per minute, its address, audiences, entries asked for that it does
+    not serve. Its own SVID stays under its entry's baseline, so a throttled
+    agent can still renew and attest. Step-up refuses its calls by proof until
+    it attests afresh with node evidence; deny bans it and revokes its SVIDs.
+    """
+
+    agent: AgentView
+    trust_domain: TrustDomain
+
+    @property
+    def id(self) -> str:
+        from idmint.ca.anomaly.store import agent_key
+
+        return agent_key(self.agent.entry_id)
+
+    @property
+    def spiffe_id(self) -> str:
+        return self.agent.spiffe_id
+
+    def deny(self, database: Database, actor: str, now: datetime) -> None:
+        from idmint.ca.revocation.revocations import revoke_entry
+
+        revoke_entry(database, self.agent.entry_id, actor, "unspecified", now=now, sweep_after=0)
+        AgentRegistry(database, self.trust_domain).ban(self.agent.spiffe_id, actor, now)

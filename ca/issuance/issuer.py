@@ -383,13 +383,21 @@ class Issuer:
         granted: str | None = None,
         checked: CheckedCSR | None = None,
         spend: Spend | None = None,
+        by_proof: bool = False,
+        attested_at: Callable[[], datetime | None] | None = None,
     ) -> X509SVID:
         """An X509-SVID for the entry the selectors match, from the workload's CSR.
 
         ``spend`` (the request's single-use evidence) is spent in the
         transaction that records the SVID, committed before it is signed.
+        ``by_proof``: the caller proved possession of an earlier SVID rather
+        than attesting (a renewal, as the anomaly response sees it), and
+        ``attested_at`` says when it last attested afresh (see
+        :class:`~idmint.ca.anomaly.monitor.Request`).
         """
-        draft = self._draft_x509(selectors, csr, spiffe_id, actor, granted, checked)
+        draft = self._draft_x509(
+            selectors, csr, spiffe_id, actor, granted, checked, by_proof, attested_at
+        )
         certificate = self._signed(
             spend,
             draft.credential,
@@ -447,6 +455,8 @@ class Issuer:
         actor: str,
         granted: str | None,
         checked: CheckedCSR | None,
+        by_proof: bool = False,
+        attested_at: Callable[[], datetime | None] | None = None,
     ) -> _X509Draft:
         """Everything of an X509-SVID but its signature: entry, window, serial, record."""
         try:
@@ -455,7 +465,10 @@ class Issuer:
             now = self.clock()
             state, entry = self._match(state, selectors, now, spiffe_id, granted)
             check_requested_names(checked, entry.spiffe_id, entry.dns_names)
-            self.anomaly.check(entry, Request("x509", now, tuple(selectors)))
+            self.anomaly.check(
+                entry,
+                Request("x509", now, tuple(selectors), by_proof=by_proof, attested_at=attested_at),
+            )
             ca = state.ca
             not_before, not_after = svid_window(
                 now, timedelta(seconds=entry.x509_ttl_seconds), ca.certificate.not_valid_after_utc

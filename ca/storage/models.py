@@ -331,13 +331,15 @@ class AuditCheckpoint(Base):
 class AnomalyBaseline(Base):
     """What one registration entry's issuance usually looks like, and the standing decision.
 
-    One row per entry, shared by every replica (see ca.anomaly.baseline);
-    the row ``*`` holds the trust domain's default policy and learning switch.
+    One row per entry, shared by every replica (see ca.anomaly.baseline),
+    and one per agent for what it asks on its workloads' behalf (keyed
+    ``agent:<the agent's entry id>``); the row ``*`` holds the trust
+    domain's default policy and learning switch.
     """
 
     __tablename__ = "anomaly_baselines"
 
-    entry_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     #: Issuances observed so far (learning) and the start of the current minute.
     samples: Mapped[int] = mapped_column(Integer)

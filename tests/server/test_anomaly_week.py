@@ -1,35 +1,25 @@
 """Anomaly response through the real server after a learned week (issue 15).
 
-The server runs in real time, so the week is learned in-process, with a
-fake clock whose week ends at the real "now", through the same
-:class:`AnomalyMonitor` the server uses, against the server's own SQLite
-database; it is written back (``flush``) before the server first sees the
-entry, so the server's first check reads the learned baseline. What follows
-goes over HTTPS to ``idmint server`` (default learning thresholds and
-``sync_seconds``; one worker, so counts per minute are exact).
+The week is learned in-process (tests/server/learned.py) before the
+server first sees the entry. What follows goes over HTTPS to ``idmint
+server`` (default learning thresholds and ``sync_seconds``; one worker, so
+counts per minute are exact).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from idmint.ca.anomaly.monitor import REQUEST_SOURCE, AnomalyMonitor, Request
-from idmint.ca.anomaly.policy import Settings
-from idmint.ca.config import load
-from idmint.ca.storage.db import Database
 from idmint.ca.storage.models import AuditEvent
-from idmint.ca.storage.recorder import Recorder
 from idmint.pop import make_proof
 from tests.server.conftest import (
     Server,
@@ -37,6 +27,7 @@ from tests.server.conftest import (
     start_attesting_server,
     stop_server,
 )
+from tests.server.learned import learn_week, server_database, wait_for_second
 
 
 @pytest.fixture(scope="module")
@@ -46,47 +37,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(running)
 
 
-def _database(server: Server) -> Database:
-    return Database(load(server.data_dir).database_url)
-
-
-def _learn_week(
-    server: Server,
-    entry: dict[str, Any],
-    selectors: tuple[str, ...] = (),
-    audiences: tuple[str, ...] = (),
-    kind: str = "x509",
-    jitter: float = 30.0,
-    seed: int = 1,
-) -> None:
-    """A request every 5 minutes (+- jitter) for the week before now, from loopback.
-
-    The last learned request falls in an earlier minute than the real ones
-    that follow, so the server's counts start in a minute of their own.
-    """
-    rng = random.Random(seed)
-    now = datetime.now(UTC)
-    end = now.replace(second=0, microsecond=0)
-    database = _database(server)
-    recorder = Recorder(database)
-    # The server sees 127.0.0.1; learning another network would be news to it.
-    source = REQUEST_SOURCE.set("127.0.0.1")
-    try:
-        learner = AnomalyMonitor(database, Settings(sync_seconds=1e9), recorder)
-        who = SimpleNamespace(id=entry["id"], spiffe_id=entry["spiffe_id"])
-        moment = end - timedelta(days=7)
-        while moment < end - timedelta(seconds=1):
-            learner.check(who, Request(kind, moment, selectors, audiences))
-            moment += timedelta(seconds=300 + rng.uniform(-jitter, jitter))
-        learner.flush()
-    finally:
-        REQUEST_SOURCE.reset(source)
-        recorder.close()
-        database.close()
-
-
 def _anomaly_events(server: Server, spiffe_id: str) -> list[AuditEvent]:
-    database = _database(server)
+    database = server_database(server)
     try:
         with database.reading() as session:
             return list(
@@ -153,7 +105,7 @@ def _metric(server: Server, name: str, **labels: str) -> float:
 
 def test_no_action_over_a_steady_week_and_after_it(server: Server) -> None:
     entry = server.entry("spiffe://example.org/week/steady", ["join_token:any:true"])
-    _learn_week(server, entry, jitter=60.0, seed=7)
+    learn_week(server, entry, jitter=60.0, seed=7)
     learned = server.admin("GET", f"/v1/anomalies/{entry['id']}")
     assert learned["action"] is None and 1900 < learned["samples"] < 2100
     assert 0.15 < learned["rate_per_minute"]["mean"] < 0.25
@@ -172,19 +124,12 @@ def test_no_action_over_a_steady_week_and_after_it(server: Server) -> None:
     assert _anomaly_events(server, entry["spiffe_id"]) == []
 
 
-def _wait_for_second(limit: float) -> None:
-    """If the current minute is past second ``limit``, wait for the next one."""
-    second = datetime.now(UTC).second + datetime.now(UTC).microsecond / 1e6
-    if second > limit:
-        time.sleep(60.5 - second)
-
-
 @pytest.mark.slow
 def test_a_burst_after_a_week_is_throttled_then_stepped_up(server: Server) -> None:
     entry = server.entry("spiffe://example.org/week/burst", ["join_token:any:true"])
-    _learn_week(server, entry)
+    learn_week(server, entry)
     # Throttling takes a handful of requests; they must fall in one minute.
-    _wait_for_second(45)
+    wait_for_second(45)
     key, svid = _by_token(server, entry["spiffe_id"])
     started = datetime.now(UTC).replace(second=0, microsecond=0)
     outcomes: list[tuple[int, Any]] = []
@@ -229,7 +174,7 @@ def test_a_burst_after_a_week_is_throttled_then_stepped_up(server: Server) -> No
 def test_a_ci_identity_attesting_from_another_ref_is_stepped_up(server: Server) -> None:
     entry = server.entry("spiffe://example.org/week/ci", ["oidc:ci:repository:org/app"])
     main = ("oidc:ci:ref:refs/heads/main", "oidc:ci:repository:org/app")
-    _learn_week(server, entry, selectors=main)
+    learn_week(server, entry, selectors=main)
     # From the ref it always came from: nothing unusual, renewal works.
     status, key, svid = _attest_ci(server, "org/app", "refs/heads/main")
     assert status == 201, svid
@@ -261,7 +206,7 @@ def test_a_ci_identity_attesting_from_another_ref_is_stepped_up(server: Server) 
 def test_a_new_audience_for_a_stable_service_is_observed(server: Server) -> None:
     entry = server.entry("spiffe://example.org/week/api", ["oidc:ci:repository:org/api"])
     main = ("oidc:ci:ref:refs/heads/main", "oidc:ci:repository:org/api")
-    _learn_week(server, entry, selectors=main, audiences=("https://a",), kind="jwt")
+    learn_week(server, entry, selectors=main, audiences=("https://a",), kind="jwt")
     before = _metric(server, "idmint_anomaly_decisions_total", action="observe", signal="audience")
 
     def jwt(audiences: list[str]) -> tuple[int, Any]:
@@ -304,9 +249,9 @@ def test_refusals_far_above_the_baseline_are_observed(server: Server) -> None:
         "spiffe://example.org/week/refused", ["oidc:ci:repository:org/probe"], audiences=["a"]
     )
     main = ("oidc:ci:ref:refs/heads/main", "oidc:ci:repository:org/probe")
-    _learn_week(server, entry, selectors=main, audiences=("a",), kind="jwt")
+    learn_week(server, entry, selectors=main, audiences=("a",), kind="jwt")
     statuses, problems = [], []
-    _wait_for_second(50)  # the six refusals must fall in one minute
+    wait_for_second(50)  # the six refusals must fall in one minute
     for _ in range(6):
         token = server.ci.token(
             server.ci.claims(
