@@ -28,7 +28,11 @@ CPU per request with the checks on to off. The benchmark's entries are new,
 so their baselines are still learning (at thousands a second a learned one
 would throttle them): the figure is the cost of counting and learning on
 every request, without the comparison with a learned baseline (a few float
-operations and set lookups).
+operations and set lookups). ``paired_x509``/``paired_jwt`` give the ratio
+in each round (the two stacks run back to back in it) and their median, the
+steadier figure on a shared machine. ``anomaly_memory`` (checks on, counts
+never written back: ``sync_seconds = 1e9``) separates the cost of the checks
+from that of writing their counts back.
 
 Peer: cfssl (``apt-get install -y golang-cfssl wrk``; Debian's cfssl 1.2.0),
 ``cfssl serve`` on loopback with a software P-256 CA and TLS, under the same
@@ -88,7 +92,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.serving import IDMINT as IDMINT_PATH
-from benchmarks.serving import clean_env, start_server
+from benchmarks.serving import clean_env, free_port, start_server
 from idmint.attestation.join_token import new_token, token_hash
 from idmint.ca.storage.db import Database
 from idmint.client import new_key_and_csr, x509_request
@@ -448,7 +452,7 @@ def _body(token: str, csr: str | None) -> bytes:
 
 
 #: What ``--stacks`` may name: the access log on or off, or the anomaly checks off.
-STACKS = ("access_log_on", "access_log_off", "anomaly_off")
+STACKS = ("access_log_on", "access_log_off", "anomaly_off", "anomaly_memory", "granian")
 
 
 @dataclass
@@ -468,6 +472,9 @@ class Stack:
     helpers: tuple[int, ...] = ()
     #: The idmint executable that runs this stack (another build for --build).
     idmint: str = IDMINT_PATH
+    #: granian serving the app in front instead of gunicorn (the gunicorn
+    #: server still runs, idle, for its writer process).
+    front: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def prepare(
@@ -495,6 +502,9 @@ class Stack:
         if not anomaly:
             with (data / "idmint.toml").open("a") as config:
                 config.write("\n[anomaly]\nenabled = false\n")
+        if name == "anomaly_memory":  # checks on, counts never written back (a diagnosis)
+            with (data / "idmint.toml").open("a") as config:
+                config.write("\n[anomaly]\nsync_seconds = 1e9\n")
         for kind in ("x509", "jwt"):
             subprocess.run(
                 [idmint, "entry", "create", "--data-dir", str(data),
@@ -526,6 +536,8 @@ class Stack:
             self.data, "--workers", str(args.workers), "--threads", str(args.threads),
             *unlimited, log=self.data.parent / f"{self.name}.log", idmint=self.idmint,
         )  # fmt: skip
+        if self.name == "granian":
+            self.front, self.port = start_granian(self.data, args)
         bundle = str(self.data / "server" / "bundle.pem")
         # Warm every worker (sessions, caches) before timing.
         run_load(self.port, bundle, self.x509_bodies[-200:], "/v1/svid/x509", args.clients, 1.0)
@@ -538,6 +550,8 @@ class Stack:
         results: dict[str, dict[str, Any]] = {}
         assert self.server is not None
         measured = [self.server.pid, *self.helpers]
+        if self.front is not None:
+            measured.append(self.front.pid)
         for kind, bodies, path in (
             ("x509_svid", self.x509_bodies[mine], "/v1/svid/x509"),
             ("jwt_svid", self.jwt_bodies[mine], "/v1/svid/jwt"),
@@ -572,12 +586,61 @@ class Stack:
     def pss(self) -> float:
         """The server's PSS in MiB (master, workers, writer and its standby)."""
         assert self.server is not None
-        return tree_pss_mib([self.server.pid])
+        return tree_pss_mib([self.server.pid, *([self.front.pid] if self.front else [])])
 
     def stop(self) -> None:
+        if self.front is not None:
+            self.front.terminate()
+            self.front.wait(timeout=30)
         if self.server is not None:
             self.server.terminate()
             self.server.wait(timeout=30)
+
+
+def start_granian(data: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
+    """granian (a Rust HTTP/TLS server) running idmint's WSGI app on a free port.
+
+    Same workers and threads as gunicorn's stacks; TLS with the server's
+    certificate; the writer of the ``idmint server`` beside it.
+    """
+    granian = shutil.which("granian", path=str(Path(sys.executable).parent))
+    if granian is None:
+        raise SystemExit("--stacks granian: pip install granian")
+    port = free_port()
+    metrics = data / "granian-metrics"
+    metrics.mkdir(exist_ok=True)
+    environment = {
+        **clean_env(),
+        "IDMINT_DATA_DIR": str(data),
+        "IDMINT_WRITER_SOCKET": str(data / "server" / "writer.sock"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    server = data / "server"
+    with (data.parent / "granian.log").open("wb") as log:
+        front = subprocess.Popen(
+            [granian, "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", str(args.workers), "--blocking-threads", str(args.threads),
+             "--ssl-certificate", str(server / "tls.pem"), "--ssl-keyfile", str(server / "tls.key"),
+             "--no-ws", "--log-level", "warning", "benchmarks.granian_app:app"],
+            stdout=log, stderr=subprocess.STDOUT, env=environment,
+        )  # fmt: skip
+    bundle = str(server / "bundle.pem")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", port, context=ssl.create_default_context(cafile=bundle), timeout=5
+            )
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return front, port
+        except (OSError, ssl.SSLError):
+            pass  # not listening yet
+        if front.poll() is not None or time.monotonic() > deadline:
+            front.kill()
+            raise SystemExit(f"granian did not start: see {data.parent / 'granian.log'}")
+        time.sleep(0.2)
 
 
 def cfssl_round(
@@ -600,6 +663,30 @@ def cfssl_round(
         result["cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["ok"]), 3)
         results[name] = result
     return results
+
+
+def paired(on: list[dict[str, Any]], off: list[dict[str, Any]]) -> dict[str, Any]:
+    """Round by round ratios of two stacks measured in the same interleaved rounds.
+
+    On a shared machine a round's load hits both stacks of that round alike,
+    so the median of per-round ratios is steadier than a ratio of medians.
+    """
+    rps = [
+        round(a["requests_per_second"] / b["requests_per_second"], 3)
+        for a, b in zip(on, off, strict=True)
+        if b["requests_per_second"]
+    ]
+    cpu = [
+        round(b["cpu_ms_per_request"] / a["cpu_ms_per_request"], 3)
+        for a, b in zip(on, off, strict=True)
+        if a["cpu_ms_per_request"]
+    ]
+    return {
+        "rps_median": round(statistics.median(rps), 3) if rps else None,
+        "rps_rounds": rps,
+        "cpu_median": round(statistics.median(cpu), 3) if cpu else None,
+        "cpu_rounds": cpu,
+    }
 
 
 def ratios(rounds: dict[str, list[dict[str, Any]]], stack: str) -> dict[str, float]:
@@ -769,6 +856,12 @@ def main() -> None:
                         what,
                     )
                     for what in ("rps", "cpu")
+                    for kind in ("x509", "jwt")
+                },
+                **{
+                    f"paired_{kind}": paired(
+                        rounds[f"access_log_on.{kind}_svid"], rounds[f"anomaly_off.{kind}_svid"]
+                    )
                     for kind in ("x509", "jwt")
                 },
                 "goal_ratio": 0.95,
