@@ -508,9 +508,7 @@ def test_counts_from_many_threads_and_processes_add_up_while_they_sync(tmp_path:
     url = f"sqlite:///{tmp_path / 'idmint.db'}"
     migrate(url)
     databases = [Database(url), Database(url)]
-    monitors = [
-        AnomalyMonitor(db, Settings(sync_seconds=0.01), Recorder(db)) for db in databases
-    ]
+    monitors = [AnomalyMonitor(db, Settings(sync_seconds=0.01), Recorder(db)) for db in databases]
     entry = SimpleNamespace(id="entry-threads", spiffe_id="spiffe://example.org/threads")
     per_thread = 300
 
@@ -522,8 +520,7 @@ def test_counts_from_many_threads_and_processes_add_up_while_they_sync(tmp_path:
                 time.sleep(0.002)
 
     threads = [
-        threading.Thread(target=work, args=(monitor, n))
-        for n, monitor in enumerate(monitors * 4)
+        threading.Thread(target=work, args=(monitor, n)) for n, monitor in enumerate(monitors * 4)
     ]
     for thread in threads:
         thread.start()
