@@ -14,6 +14,9 @@ from pathlib import Path
 from idmint.ca.api import create_app
 from idmint.ca.config import load
 
+# No rate limits, as the benchmark's gunicorn stacks (idmint server --rate-limit none).
 app = create_app(
-    load(Path(os.environ["IDMINT_DATA_DIR"])), writer_socket=os.environ["IDMINT_WRITER_SOCKET"]
+    load(Path(os.environ["IDMINT_DATA_DIR"])),
+    writer_socket=os.environ["IDMINT_WRITER_SOCKET"],
+    rate_limit=None,
 )

@@ -53,9 +53,20 @@ noise of a shared machine disturbs less.
 Every round records ``cpu_ms_per_request``: CPU time of the server's process
 tree (and redis-server's) over the round, per successful request.
 
+``granian`` (``pip install granian``): granian, a Rust HTTP/TLS server,
+runs idmint's WSGI app (benchmarks/granian_app.py) with the same workers and
+threads, TLS certificate and writer process (of an idle ``idmint server``
+beside it): a measurement of another front, not a supported way to serve.
+
+Memory: ``server_pss_mib`` gives each stack's PSS (process tree: master,
+workers, writer) idle, after the load, after each round, and its growth from
+the first round to the last. A 10-minute run: ``--stacks access_log_on
+--no-cfssl --seconds 20 --rounds 10 --token-rate 1500``.
+
 Usage: python benchmarks/http.py [--seconds 5] [--rounds 3] [--clients 16] [--workers 2]
                                  [--client wrk|python] [--no-cfssl] [--py-spy 10]
-                                 [--stacks access_log_on,access_log_off,anomaly_off]
+                                 [--stacks access_log_on,access_log_off,anomaly_off,
+                                           anomaly_memory,granian] [--token-rate 4000]
                                  [--limits off|redis|redis-all] [--build NAME=PATH ...]
 """
 
@@ -513,8 +524,8 @@ class Stack:
                 check=True, capture_output=True, env=environment,
             )  # fmt: skip
         database = Database(f"sqlite:///{data / 'idmint.db'}")
-        # Single-use tokens for every round at up to 4,000 requests/s, + warm-up.
-        budget = int(args.seconds * 4000) * args.rounds + 200
+        # Single-use tokens for every round at up to --token-rate requests/s, + warm-up.
+        budget = int(args.seconds * args.token_rate) * args.rounds + 200
         x509_tokens = mint_tokens(database, "spiffe://bench.test/x509", budget)
         jwt_tokens = mint_tokens(database, "spiffe://bench.test/jwt", budget)
         spy_tokens = mint_tokens(database, "spiffe://bench.test/x509", int(args.py_spy * 1500))
@@ -721,6 +732,12 @@ def main() -> None:
         help="gunicorn servers to compare: " + ", ".join(STACKS),
     )
     parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument(
+        "--token-rate",
+        type=int,
+        default=4000,
+        help="single-use join tokens minted per second of load and kind (a long run needs fewer)",
+    )
     parser.add_argument("--limits", choices=("off", "redis", "redis-all"), default="off")
     parser.add_argument(
         "--build",
@@ -778,6 +795,8 @@ def main() -> None:
             for stack in stacks:
                 stack.start(args)
             pss_idle = {stack.name: stack.pss() for stack in stacks}
+            # After each round: growth over a long run (--rounds 10 --seconds 20 is 10 minutes).
+            pss_rounds: dict[str, list[float]] = {stack.name: [] for stack in stacks}
             turns: list[Any] = list(stacks)
             if cfssl is not None:
                 turns.append(cfssl)
@@ -790,6 +809,8 @@ def main() -> None:
                     else:
                         for name, result in cfssl_round(turn, sign_body, args, scratch).items():
                             rounds[name].append(result)
+                for stack in stacks:
+                    pss_rounds[stack.name].append(stack.pss())
             pss_after = {stack.name: stack.pss() for stack in stacks}
             if cfssl is not None:
                 pss_after["cfssl"] = tree_pss_mib([cfssl[0].pid])
@@ -818,7 +839,15 @@ def main() -> None:
         },
         "server_pss_mib": {
             **{
-                stack.name: {"idle": pss_idle[stack.name], "after_load": pss_after[stack.name]}
+                stack.name: {
+                    "idle": pss_idle[stack.name],
+                    "after_load": pss_after[stack.name],
+                    "after_each_round": pss_rounds[stack.name],
+                    # Growth from the first round (warm) to the last, MiB.
+                    "growth_after_first_round": round(
+                        pss_rounds[stack.name][-1] - pss_rounds[stack.name][0], 1
+                    ),
+                }
                 for stack in stacks
             },
             **({"cfssl": {"after_load": pss_after["cfssl"]}} if "cfssl" in pss_after else {}),
