@@ -15,13 +15,17 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from idmint.ca.authority.authorities import active, signing_key
 from idmint.ca.revocation.crl import (
     CRLPublisher,
     RevokedSerials,
+    _row_entry,
     build_crl,
     reason_flag,
+    revoked_entry,
     sign_crl,
 )
 from idmint.ca.storage.db import Database
@@ -208,3 +212,45 @@ def test_the_lean_crl_reads_as_the_builder_s_own(
     # No revocations: the list is absent (RFC 5280 section 5.1.2.6), the CRL still valid.
     empty = x509.load_der_x509_crl(build_crl(certificate, key, [], NOW))
     assert len(empty) == 0 and empty.is_signature_valid(certificate.public_key())  # type: ignore[arg-type]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    serials=st.lists(st.integers(min_value=1, max_value=2**159 - 1), min_size=1, max_size=20),
+    moments=st.lists(
+        st.datetimes(min_value=datetime(1950, 1, 1), max_value=datetime(2099, 12, 31)),
+        min_size=1,
+        max_size=20,
+    ),
+    reasons=st.lists(st.sampled_from(["unspecified", "keyCompromise", "superseded"]), min_size=1),
+    seconds_only=st.booleans(),
+)
+def test_entries_from_sqlite_text_read_as_cryptography_reads_them(
+    ca: tuple[int, x509.Certificate, object],
+    serials: list[int],
+    moments: list[datetime],
+    reasons: list[str],
+    seconds_only: bool,
+) -> None:
+    """The fast path (serial hex and SQLite's datetime text, never parsed) lists what
+    the datetime path does: serial, revocationDate (UTCTime or, from 2050,
+    GeneralizedTime) and reason as cryptography's parser reads them."""
+    _, certificate, key = ca
+    form = "%Y-%m-%d %H:%M:%S" if seconds_only else "%Y-%m-%d %H:%M:%S.%f"
+    rows = [
+        (format(serial, "x"), moments[n % len(moments)], reasons[n % len(reasons)])
+        for n, serial in enumerate(dict.fromkeys(serials))
+    ]
+    fast = [_row_entry(s, at.strftime(form), reason) for s, at, reason in rows]
+    assert fast == [revoked_entry(int(s, 16), at, reason) for s, at, reason in rows]
+    crl = x509.load_der_x509_crl(sign_crl(certificate, key, fast, NOW))
+    listed = {e.serial_number: e for e in crl}
+    for serial, at, reason in rows:
+        entry = listed[int(serial, 16)]
+        assert entry.revocation_date_utc == at.replace(microsecond=0, tzinfo=UTC)
+        reasons_read = [
+            e.value.reason for e in entry.extensions if isinstance(e.value, x509.CRLReason)
+        ]
+        assert reasons_read == ([] if reason == "unspecified" else [reason_flag(reason)])
