@@ -147,15 +147,22 @@ def _time_der(value: Any) -> bytes:
 
 
 def _row_entry(identifier: str, revoked_at: Any, reason: str) -> bytes:
-    """:func:`revoked_entry` from a revocations row as the database driver returns it."""
-    number = _serial_der(identifier)
-    content = (
-        b"\x02"
-        + bytes((len(number),))
-        + number
-        + _time_der(revoked_at)
-        + _EXTENSIONS.get(reason, b"")
-    )
+    """:func:`revoked_entry` from a revocations row as the database driver returns it.
+
+    Called once per revoked serial on a first build (a million times for a
+    1M CRL), so the usual case (SQLite text, a serial with no leading zero
+    nibble) is written out here rather than through helpers.
+    """
+    if identifier[:1] in ("", "0"):
+        number = _serial_der(identifier)
+    else:
+        number = bytes.fromhex(identifier if len(identifier) % 2 == 0 else "0" + identifier)
+        if number[0] & 0x80:
+            number = b"\x00" + number
+    when = _times.get(revoked_at[:19]) if type(revoked_at) is str else None
+    if when is None:
+        when = _time_der(revoked_at)
+    content = b"\x02" + bytes((len(number),)) + number + when + _EXTENSIONS.get(reason, b"")
     return b"\x30" + bytes((len(content),)) + content
 
 
@@ -300,31 +307,45 @@ class RevokedSerials:
     def update(self, database: Database, now: datetime) -> None:
         """Add the revocations made since the last update; drop expired serials."""
         floor = self.last_id - self.MARGIN
+        previous = self.last_id
         epoch = datetime(1970, 1, 1)
         minute = timedelta(minutes=1)
+        # Locals: a first build runs this loop once per revoked serial.
+        recent, by_minute, counts = self._recent, self._by_minute, self._counts
+        last = self.last_id
         with database.reading() as session:
             connection = session.connection().execution_options(yield_per=20_000)
+            # On SQLite, "+" keeps the (kind, identifier) and not_after indexes out
+            # of the plan: with them it looked up every row in serial order, 3.3 s
+            # for 1M rows, against 0.86 s for a scan of the id (rowid) range.
+            plus = "+" if connection.dialect.name == "sqlite" else ""
             sql = driver_sql(
                 connection,
                 "SELECT id, identifier, revoked_at, reason, not_after FROM revocations "
-                "WHERE kind = 'x509' AND authority_id = ? AND id > ? AND not_after > ?",
+                f"WHERE {plus}kind = 'x509' AND authority_id = ? AND id > ? "
+                f"AND {plus}not_after > ?",
             )
             result = connection.exec_driver_sql(
                 sql, (self.authority_id, floor, time_binder(connection)(now))
             )
-            for rows in result.partitions():
+            # An explicit size: without it fetchmany() was called once per row.
+            for rows in result.partitions(20_000):
                 for row_id, identifier, revoked_at, reason, not_after in rows:
-                    if row_id <= self.last_id and row_id in self._recent:
-                        continue
-                    if row_id > floor:
-                        self._recent.add(row_id)
+                    if row_id <= previous and row_id in recent:
+                        continue  # read in an earlier update, within the margin
                     bucket = self._bucket(not_after, epoch, minute)
-                    buffer = self._by_minute.get(bucket)
+                    buffer = by_minute.get(bucket)
                     if buffer is None:
-                        buffer = self._by_minute[bucket] = bytearray()
+                        buffer = by_minute[bucket] = bytearray()
                     buffer += _row_entry(identifier, revoked_at, reason)
-                    self._counts[bucket] = self._counts.get(bucket, 0) + 1
-                    self.last_id = max(self.last_id, row_id)
+                    counts[bucket] = counts.get(bucket, 0) + 1
+                    if row_id > last:
+                        last = row_id
+                # Remembered: the ids that the next update reads again (within the margin).
+                recent.update(
+                    row[0] for row in rows if row[0] > last - self.MARGIN and row[0] > floor
+                )
+        self.last_id = last
         keep = self.last_id - self.MARGIN
         self._recent = {n for n in self._recent if n > keep}
         current = (now.astimezone(UTC).replace(tzinfo=None) - epoch) // minute
