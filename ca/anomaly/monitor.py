@@ -383,7 +383,9 @@ class AnomalyMonitor:
                 fresh = None
             else:
                 merged, fresh = None, self._read(entry_id)
-        except (IdmintError, SQLAlchemyError) as error:
+        except BaseException as error:
+            # Whatever went wrong, the counts are kept and the entry is not
+            # left "syncing" (a forced write would wait for it for ever).
             with self._lock:
                 if snapshot is not None:  # kept for the next try
                     cached.pending += snapshot.pending
@@ -391,7 +393,7 @@ class AnomalyMonitor:
                     cached.decided = cached.decided or snapshot.decided
                     cached.dirty = True
                 cached.loaded, cached.syncing = time.monotonic(), False
-            if force:
+            if force or not isinstance(error, IdmintError | SQLAlchemyError):
                 raise
             if not self._stats_failing:
                 log.warning("anomaly: counts not written back (kept for the next try): %s", error)

@@ -533,3 +533,39 @@ def test_counts_from_many_threads_and_processes_add_up_while_they_sync(tmp_path:
         assert row is not None and row.window_count == len(threads) * per_thread
     for db in databases:
         db.close()
+
+
+def test_an_unexpected_error_in_a_write_back_keeps_the_counts_and_the_next_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write-back that fails in a way nobody planned for must not leave the entry
+    marked as syncing: every later sync would be skipped and a decision's forced
+    write would wait for ever."""
+    from idmint.ca.storage.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'idmint.db'}"
+    migrate(url)
+    database = Database(url)
+    monitor = AnomalyMonitor(database, Settings(sync_seconds=0.01), Recorder(database))
+    entry = SimpleNamespace(id="entry-odd", spiffe_id="spiffe://example.org/odd")
+    monitor.check(entry, Request("x509", START))
+    real = monitor._write_back
+    calls = {"n": 0}
+
+    def once_broken(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(monitor, "_write_back", once_broken)
+    time.sleep(0.02)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        monitor.check(entry, Request("x509", START + timedelta(seconds=1)))
+    time.sleep(0.02)
+    monitor.check(entry, Request("x509", START + timedelta(seconds=2)))  # syncs again
+    monitor.flush()
+    with database.reading() as session:
+        row = session.get(AnomalyBaseline, entry.id)
+        assert row is not None and row.window_count == 2  # the first two; the raising one not
+    database.close()
