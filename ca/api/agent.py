@@ -21,6 +21,7 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from idmint.attestation.base import AttestationFailed
 from idmint.ca.anomaly.monitor import Request as AnomalyRequest
@@ -59,6 +61,7 @@ from idmint.ca.x509.csr import CheckedCSR, check_csr
 from idmint.errors import IdmintError
 
 blueprint = Blueprint("agent", __name__)
+log = logging.getLogger(__name__)
 
 PROOF_HEADER = "X-Idmint-Agent-Proof"
 PROOF_PURPOSE = "agent"
@@ -380,9 +383,12 @@ def _mine(agent: AgentView, entry_ids: list[str]) -> dict[str, Any]:
         missing = [i for i in entry_ids if i not in served]
     if missing:
         api = state()
-        api.service.issuer.anomaly.refused(
-            AgentAsAnomalySubject(agent, api.service.trust_domain), datetime.now(UTC)
-        )
+        try:  # counted for the agent's refusals signal; never in place of the 403
+            api.service.issuer.anomaly.refused(
+                AgentAsAnomalySubject(agent, api.service.trust_domain), datetime.now(UTC)
+            )
+        except (IdmintError, SQLAlchemyError):
+            log.exception("anomaly: a refusal for agent %s was not counted", agent.spiffe_id)
         raise AgentForbidden(
             f"agent {agent.spiffe_id} does not serve entr{'y' if len(missing) == 1 else 'ies'} "
             f"{missing} (not parented to it, disabled or expired); nothing was issued"
