@@ -100,15 +100,18 @@ class IdmintThreadWorker(ThreadWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        app = self.wsgi  # type: ignore[has-type]
+        # Inside the Flask app (its wsgi_app), so the worker's ``wsgi`` stays the
+        # app itself: the warm-up hook (ca/server/app.py) opens its context.
+        app = self.wsgi
+        inner = app.wsgi_app
 
         def coalescing(environ: dict[str, Any], start_response: Any) -> Any:
             response = getattr(start_response, "__self__", None)
             if type(response) is wsgi.Response:
                 response.__class__ = CoalescingResponse
-            return app(environ, start_response)
+            return inner(environ, start_response)
 
-        self.wsgi = coalescing
+        app.wsgi_app = coalescing
 
     def handle(self, conn: Any) -> Any:
         if not conn.initialized:

@@ -8,7 +8,9 @@ would get as separate TLS records shows up as separate messages here.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from gunicorn.config import Config
 from gunicorn.http import RequestParser, wsgi
 
 from idmint.ca.server.worker import CoalescingResponse
+from tests.server.conftest import start_attesting_server, stop_server
 
 
 def _messages(sock: socket.socket) -> list[bytes]:
@@ -89,3 +92,28 @@ def test_bodiless_and_chunked_answers_stay_well_formed(exchange: tuple[socket.so
     head, _, chunks = whole.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head
     assert chunks == b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+
+
+def test_a_real_server_answers_through_it_and_its_workers_warm_up(tmp_path: Path) -> None:
+    """Through ``idmint server``: answers arrive whole over TLS, and installing the
+    one-write response leaves the worker's app what the warm-up hook opens (it once
+    replaced it with a bare function: every worker logged a traceback and warmed
+    nothing)."""
+    server = start_attesting_server(tmp_path, workers=2)
+    try:
+        status, headers, body = server.request("GET", "/healthz")
+        assert status == 200 and body == {"status": "ok"}, body
+        assert int(headers["content-length"]) > 0
+        status, headers, _ = server.request("GET", "/v1/bundle", headers={})
+        assert status == 200
+        deadline = time.monotonic() + 10
+        log = (tmp_path / "server.log").read_text()
+        while log.count("Booting worker") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            log = (tmp_path / "server.log").read_text()
+        time.sleep(1.0)  # the warm-up threads run after boot
+        log = (tmp_path / "server.log").read_text()
+        assert "could not open the CA state" not in log, log
+        assert "Traceback" not in log, log
+    finally:
+        stop_server(server)
