@@ -103,7 +103,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.serving import IDMINT as IDMINT_PATH
-from benchmarks.serving import clean_env, free_port, start_server
+from benchmarks.serving import clean_env, free_port, start_server, wait_ready
 from idmint.attestation.join_token import new_token, token_hash
 from idmint.ca.storage.db import Database
 from idmint.client import new_key_and_csr, x509_request
@@ -360,8 +360,6 @@ def start_cfssl(scratch: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     import ipaddress
 
     from cryptography.x509.oid import NameOID
-
-    from benchmarks.serving import free_port
 
     folder = scratch / "cfssl"
     folder.mkdir()
@@ -636,22 +634,8 @@ def start_granian(data: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
              "--no-ws", "--log-level", "warning", "benchmarks.granian_app:app"],
             stdout=log, stderr=subprocess.STDOUT, env=environment,
         )  # fmt: skip
-    bundle = str(server / "bundle.pem")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            connection = http.client.HTTPSConnection(
-                "127.0.0.1", port, context=ssl.create_default_context(cafile=bundle), timeout=5
-            )
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return front, port
-        except (OSError, ssl.SSLError):
-            pass  # not listening yet
-        if front.poll() is not None or time.monotonic() > deadline:
-            front.kill()
-            raise SystemExit(f"granian did not start: see {data.parent / 'granian.log'}")
-        time.sleep(0.2)
+    wait_ready(front, port, server / "bundle.pem", f"granian (see {data.parent / 'granian.log'})")
+    return front, port
 
 
 def cfssl_round(

@@ -30,8 +30,6 @@ def start_server(
     data: Path, *extra: str, log: Path | None = None, idmint: str = IDMINT
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``idmint server`` on a free loopback port; returns once /readyz answers 200."""
-    import http.client
-
     port = free_port()
     with log.open("wb") if log else open(os.devnull, "wb") as output:
         server = subprocess.Popen(
@@ -40,19 +38,26 @@ def start_server(
             stderr=subprocess.STDOUT,
             env=clean_env(),
         )
-    bundle = str(data / "server" / "bundle.pem")
+    wait_ready(server, port, data / "server" / "bundle.pem", "idmint server")
+    return server, port
+
+
+def wait_ready(process: subprocess.Popen[bytes], port: int, bundle: Path, what: str) -> None:
+    """Return once ``/readyz`` on ``port`` answers 200 over TLS; kill ``process`` after 60 s."""
+    import http.client
+
     deadline = time.monotonic() + 60
     while True:
         try:
             connection = http.client.HTTPSConnection(
-                "127.0.0.1", port, context=ssl.create_default_context(cafile=bundle), timeout=5
+                "127.0.0.1", port, context=ssl.create_default_context(cafile=str(bundle)), timeout=5
             )
             connection.request("GET", "/readyz")
             if connection.getresponse().status == 200:
-                return server, port
+                return
         except (OSError, ssl.SSLError):
             pass  # not listening yet
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit("idmint server did not start")
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit(f"{what} did not start")
         time.sleep(0.2)

@@ -432,10 +432,8 @@ class AnomalyMonitor:
             row = session.get(AnomalyBaseline, entry_id)
             return store.to_baseline(row) if row is not None else None
 
-    def _adopt(self, cached: _Cached, fresh: Baseline | None) -> None:
+    def _adopt(self, cached: _Cached, fresh: Baseline) -> None:
         """Under the lock: take the row as read, with what this process counted meanwhile."""
-        if fresh is None:
-            return
         if fresh.window_start == cached.baseline.window_start:
             fresh.window_count += cached.pending
             fresh.refusal_count += cached.pending_refusals

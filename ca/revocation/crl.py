@@ -109,15 +109,6 @@ def revoked_entry(serial: int, revoked_at: datetime, reason: str) -> bytes:
     return b"\x30" + bytes((len(content),)) + content
 
 
-def _serial_der(identifier: str) -> bytes:
-    """The DER INTEGER content of a serial stored as lowercase hex (no leading zeros)."""
-    if identifier[:1] in ("", "0"):
-        serial = int(identifier or "0", 16)
-        return serial.to_bytes((serial.bit_length() + 8) // 8, "big")
-    number = bytes.fromhex(identifier if len(identifier) % 2 == 0 else "0" + identifier)
-    return b"\x00" + number if number[0] & 0x80 else number
-
-
 #: revocationDate DER by the text SQLite holds, to the second (bulk revocations share it).
 _times: dict[str, bytes] = {}
 
@@ -153,8 +144,9 @@ def _row_entry(identifier: str, revoked_at: Any, reason: str) -> bytes:
     1M CRL), so the usual case (SQLite text, a serial with no leading zero
     nibble) is written out here rather than through helpers.
     """
-    if identifier[:1] in ("", "0"):
-        number = _serial_der(identifier)
+    if identifier[:1] in ("", "0"):  # not as this CA writes serials: the long way
+        serial = int(identifier or "0", 16)
+        number = serial.to_bytes((serial.bit_length() + 8) // 8, "big")
     else:
         number = bytes.fromhex(identifier if len(identifier) % 2 == 0 else "0" + identifier)
         if number[0] & 0x80:
