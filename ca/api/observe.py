@@ -37,6 +37,9 @@ ISSUANCE_ENDPOINTS = {
     "agent.jwt": "jwt-agent-workload",
 }
 FORMATS = ("logfmt", "json")
+#: Methods named in metric labels; any other is counted as "other", so a
+#: client inventing methods cannot add label sets (time series) without end.
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 access_log = logging.getLogger("idmint.access")
 
@@ -69,10 +72,23 @@ def configure_logging(level: str = "info", log_format: str = "logfmt") -> None:
     root.propagate = False
 
 
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part made once per second, not per line."""
+    global _second
+    whole = int(created)
+    second, text = _second
+    if whole != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)  # one tuple: threads see the pair whole
+    return f"{text}.{int(msecs):03d}Z"
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        + f".{int(record.msecs):03d}Z",
+        "time": _timestamp(record.created, record.msecs),
         "level": record.levelname.lower(),
         "logger": record.name,
     }
@@ -100,9 +116,13 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(f"{key}={_logfmt(value)}" for key, value in _fields(record).items())
 
 
+#: What makes a logfmt value need quotes (then written as a JSON string).
+_NEEDS_QUOTES = re.compile(r'[ "=\n\t\\]')
+
+
 def _logfmt(value: Any) -> str:
-    text = str(value)
-    if text and not any(c in text for c in ' "=\n\t\\'):
+    text = value if type(value) is str else str(value)
+    if text and _NEEDS_QUOTES.search(text) is None:
         return text
     return json.dumps(text)
 
@@ -133,13 +153,14 @@ def init_app(app: Flask) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = response.status_code
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.HTTP_SECONDS.labels(request.method, route).observe(seconds)
+        method = request.method if request.method in _METHODS else "other"
+        metrics.child(metrics.HTTP_REQUESTS, method, route, str(status)).inc()
+        metrics.child(metrics.HTTP_SECONDS, method, route).observe(seconds)
         problem = _problem_code(response) if status >= 400 else None
         kind = ISSUANCE_ENDPOINTS.get(request.endpoint or "")
         if kind is not None:
             result = "success" if status < 400 else problem or str(status)
-            metrics.ISSUED.labels(kind, result).inc()
+            metrics.child(metrics.ISSUED, kind, result).inc()
         fields: dict[str, Any] = {
             "msg": "request",
             "method": request.method,

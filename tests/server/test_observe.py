@@ -81,6 +81,20 @@ def test_issuance_refusals_are_counted_and_logged_with_the_caller(server: Server
     assert "status=201" in line and "caller=join_token:" in line, line
 
 
+def test_invented_methods_are_one_metric_label(server: Server) -> None:
+    # Each label set is a time series kept for the process's life: methods a
+    # client makes up must not add series without end.
+    for method in ("BREW", "WHEN"):
+        status, _, _ = server.request(method, "/healthz")
+        assert status == 405
+    _, _, text = server.request("GET", "/metrics")
+    metrics = text.decode()
+    assert 'method="BREW"' not in metrics and 'method="WHEN"' not in metrics
+    assert _metric(metrics, "idmint_http_requests_total", method="other", status="405") >= 2
+    line = _wait_for_line(server, r"method=WHEN")  # the log line still names it
+    assert "status=405" in line
+
+
 def test_admin_socket_calls_name_the_local_caller(server: Server) -> None:
     server.entry("spiffe://example.org/observe/admin", ["join_token:any:true"])
     line = _wait_for_line(server, r"method=POST path=/v1/entries status=201")
@@ -99,6 +113,32 @@ def test_formatters_quote_what_needs_quoting() -> None:
     assert 'path="/v1/x y=\\"z\\""' in line and "status=200" in line
     parsed = json.loads(JSONFormatter().format(record))
     assert parsed["path"] == '/v1/x y="z"' and parsed["level"] == "info"
+
+
+def test_log_time_is_the_records_time_in_utc() -> None:
+    from datetime import UTC, datetime
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+    def check(created: float) -> None:
+        record = _record()
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        stamp = json.loads(JSONFormatter().format(record))["time"]
+        expected = datetime.fromtimestamp(int(created), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert stamp == f"{expected}.{int(record.msecs):03d}Z"
+
+    check()
+
+
+def test_logfmt_quotes_every_separator_and_nothing_else() -> None:
+    for value in ("a b", 'a"b', "a=b", "a\nb", "a\tb", "a\\b", ""):
+        line = LogfmtFormatter().format(_record(v=value))
+        assert f"v={json.dumps(value)}" in line, (value, line)
+    for plain in ("spiffe://example.org/a", "join_token:1-2", 12.5, None):
+        line = LogfmtFormatter().format(_record(v=plain))
+        assert line.endswith(f" v={plain}"), (plain, line)
 
 
 DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
