@@ -39,7 +39,10 @@ Peer: cfssl (``apt-get install -y golang-cfssl wrk``; Debian's cfssl 1.2.0),
 wrk load in the same rounds: ``POST /api/v1/cfssl/sign`` (a P-256 CSR) and
 ``GET /api/v1/cfssl/scaninfo``. Ratios: X509-SVID and JWT-SVID vs cfssl sign,
 ``/healthz`` vs cfssl's GET. ``--no-cfssl`` skips it. ``--py-spy SECONDS``
-records a profile of one server worker under X509 load (needs py-spy).
+records a profile of one server worker under X509 load (needs py-spy);
+``--py-spy-gil`` keeps only the samples of the thread holding the GIL (where
+the worker's CPU goes, rather than where its threads wait); ``--py-spy-native``
+adds native frames (OpenSSL, SQLite, SoftHSM, cryptography's Rust).
 
 ``--limits redis`` adds a stack (``limits_redis``) with its rate limits in a
 redis-server started for the run: the default levels (per address and per
@@ -51,12 +54,17 @@ time the server processes (and redis-server) spent per request, which the
 noise of a shared machine disturbs less.
 
 Every round records ``cpu_ms_per_request``: CPU time of the server's process
-tree (and redis-server's) over the round, per successful request.
+tree (and redis-server's) over the round, per successful request, and
+``cpu_ms_by_process`` the same split by role (master, worker, writer, front).
 
 ``granian`` (``pip install granian``): granian, a Rust HTTP/TLS server,
 runs idmint's WSGI app (benchmarks/granian_app.py) with the same workers and
 threads, TLS certificate and writer process (of an idle ``idmint server``
 beside it): a measurement of another front, not a supported way to serve.
+
+``--idle-probe SECONDS``: after the rounds, when each stack closes a
+connection that never sends its TLS ClientHello and one that completes the
+handshake and never sends a request (None: still open after SECONDS).
 
 Memory: ``server_pss_mib`` gives each stack's PSS (process tree: master,
 workers, writer) idle, after the load, after each round, and its growth from
@@ -65,6 +73,7 @@ the first round to the last. A 10-minute run: ``--stacks access_log_on
 
 Usage: python benchmarks/http.py [--seconds 5] [--rounds 3] [--clients 16] [--workers 2]
                                  [--client wrk|python] [--no-cfssl] [--py-spy 10]
+                                 [--py-spy-gil] [--py-spy-native] [--idle-probe 75]
                                  [--stacks access_log_on,access_log_off,anomaly_off,
                                            anomaly_memory,granian] [--token-rate 4000]
                                  [--limits off|redis|redis-all] [--build NAME=PATH ...]
@@ -79,11 +88,13 @@ import sys
 sys.path[:] = [p for p in sys.path if not p.endswith("benchmarks")]
 
 import argparse
+import concurrent.futures
 import contextlib
 import http.client
 import json
 import os
 import shutil
+import socket
 import ssl
 import statistics
 import subprocess
@@ -327,8 +338,47 @@ def _tree(roots: list[int]) -> tuple[set[int], dict[int, int]]:
 
 def tree_cpu_seconds(roots: list[int]) -> float:
     """CPU time (user + system) of ``roots`` and all their descendants."""
+    return sum(tree_cpu_by_pid(roots).values())
+
+
+def tree_cpu_by_pid(roots: list[int]) -> dict[int, float]:
+    """CPU time (user + system) of each of ``roots`` and their descendants."""
     wanted, ticks = _tree(roots)
-    return sum(ticks.get(pid, 0) for pid in wanted) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: ticks.get(pid, 0) / tick for pid in wanted}
+
+
+def cpu_by_role(
+    before: dict[int, float], after: dict[int, float], roles: dict[int, str], ok: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per successful request, by process role (master, workers, writer...)."""
+    spent: dict[str, float] = {}
+    for pid, seconds in after.items():
+        role = roles.get(pid, "other")
+        spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, 0.0)
+    return {role: round(s * 1000 / max(1, ok), 3) for role, s in sorted(spent.items())}
+
+
+def pss_by_role(roles: dict[int, str]) -> dict[str, dict[str, float]]:
+    """PSS in MiB by process role, split into anonymous, file-backed and shared memory.
+
+    Where growth lives: heaps (anon), SQLite's mapped -shm index (shmem), code.
+    """
+    split: dict[str, dict[str, float]] = {}
+    for pid, role in roles.items():
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    name, _, rest = line.partition(":")
+                    if name in ("Pss_Anon", "Pss_File", "Pss_Shmem"):
+                        kind = name.removeprefix("Pss_").lower()
+                        mine = split.setdefault(role, {})
+                        mine[kind] = mine.get(kind, 0.0) + int(rest.split()[0]) / 1024
+        except OSError:
+            continue
+    return {
+        r: {k: round(v, 1) for k, v in sorted(kinds.items())} for r, kinds in sorted(split.items())
+    }
 
 
 def tree_pss_mib(roots: list[int]) -> float:
@@ -568,15 +618,28 @@ class Stack:
         ):
             if kind == "healthz" and args.client != "wrk":
                 continue  # the Python client only POSTs
-            cpu = tree_cpu_seconds(measured)
+            before = tree_cpu_by_pid(measured)
             if args.client == "wrk":
                 result = run_wrk(self.port, bodies, path, args.clients, args.seconds, scratch)
             else:
                 result = run_load(self.port, bundle, bodies, path, args.clients, args.seconds)
-            cpu = tree_cpu_seconds(measured) - cpu
+            after = tree_cpu_by_pid(measured)
+            cpu = sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
             result["cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["ok"]), 3)
+            result["cpu_ms_by_process"] = cpu_by_role(before, after, self.roles(), result["ok"])
             results[kind] = result
         return results
+
+    def roles(self) -> dict[int, str]:
+        """Each measured process's role, for ``cpu_ms_by_process``."""
+        assert self.server is not None
+        roles = {self.server.pid: "master", **{pid: "worker" for pid in worker_pids(self.server)}}
+        if self.front is not None:
+            roles.update({pid: "front" for pid in _tree([self.front.pid])[0]})
+        roles.update({pid: "helper" for pid in self.helpers})
+        for pid in _tree([self.server.pid])[0] - set(roles):
+            roles[pid] = "writer"  # the writer and its standby (children of the master)
+        return roles
 
     def profile(self, args: argparse.Namespace, scratch: Path) -> str:
         """A py-spy profile (raw, collapsed stacks) of one worker under X509 load."""
@@ -585,7 +648,9 @@ class Stack:
         spy = subprocess.Popen(
             ["py-spy", "record", "--pid", str(worker_pids(self.server)[0]),
              "--duration", str(round(args.py_spy)), "--format", "raw", "--output", output,
-             "--nonblocking", "--threads"],
+             "--threads", *(["--gil"] if args.py_spy_gil else []),
+             # py-spy reads native stacks only from a paused process
+             *(["--native"] if args.py_spy_native else ["--nonblocking"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         run_wrk(self.port, self.spy_bodies, "/v1/svid/x509", args.clients, args.py_spy, scratch)
@@ -636,6 +701,39 @@ def start_granian(data: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
         )  # fmt: skip
     wait_ready(front, port, server / "bundle.pem", f"granian (see {data.parent / 'granian.log'})")
     return front, port
+
+
+def idle_close(port: int, bundle: str, seconds: float) -> dict[str, float | None]:
+    """After how many seconds the server closes a connection that sends nothing.
+
+    Two at once: one that never sends its TLS ClientHello, one that completes
+    the handshake and never sends a request. None: still open after ``seconds``.
+    """
+    raw = socket.create_connection(("127.0.0.1", port))
+    context = ssl.create_default_context(cafile=bundle)
+    quiet = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1"
+    )
+    pending: dict[str, Any] = {"no_client_hello": raw, "no_request": quiet}
+    closed: dict[str, float | None] = dict.fromkeys(pending)
+    started = time.monotonic()
+    try:
+        while pending and time.monotonic() - started < seconds:
+            for name, sock in list(pending.items()):
+                sock.settimeout(0.5)
+                try:
+                    if sock.recv(1) == b"":
+                        closed[name] = round(time.monotonic() - started, 1)
+                        del pending[name]
+                except TimeoutError:
+                    continue
+                except (OSError, ssl.SSLError):  # reset or an alert: closed too
+                    closed[name] = round(time.monotonic() - started, 1)
+                    del pending[name]
+    finally:
+        raw.close()
+        quiet.close()
+    return closed
 
 
 def cfssl_round(
@@ -716,6 +814,15 @@ def main() -> None:
         help="gunicorn servers to compare: " + ", ".join(STACKS),
     )
     parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--py-spy-gil", action="store_true", help="profile only GIL holders")
+    parser.add_argument("--py-spy-native", action="store_true", help="with native frames (C, Rust)")
+    parser.add_argument(
+        "--idle-probe",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the rounds: when each stack closes connections that send nothing",
+    )
     parser.add_argument(
         "--token-rate",
         type=int,
@@ -781,6 +888,9 @@ def main() -> None:
             pss_idle = {stack.name: stack.pss() for stack in stacks}
             # After each round: growth over a long run (--rounds 10 --seconds 20 is 10 minutes).
             pss_rounds: dict[str, list[float]] = {stack.name: [] for stack in stacks}
+            pss_split: dict[str, list[dict[str, dict[str, float]]]] = {
+                stack.name: [] for stack in stacks
+            }
             turns: list[Any] = list(stacks)
             if cfssl is not None:
                 turns.append(cfssl)
@@ -795,11 +905,25 @@ def main() -> None:
                             rounds[name].append(result)
                 for stack in stacks:
                     pss_rounds[stack.name].append(stack.pss())
+                    pss_split[stack.name].append(pss_by_role(stack.roles()))
             pss_after = {stack.name: stack.pss() for stack in stacks}
             if cfssl is not None:
                 pss_after["cfssl"] = tree_pss_mib([cfssl[0].pid])
             if args.py_spy and shutil.which("py-spy"):
                 profile = stacks[0].profile(args, Path(scratch))
+            idle: dict[str, Any] = {}
+            if args.idle_probe:
+                with concurrent.futures.ThreadPoolExecutor(len(stacks)) as pool:
+                    probes = {
+                        stack.name: pool.submit(
+                            idle_close,
+                            stack.port,
+                            str(stack.data / "server" / "bundle.pem"),
+                            args.idle_probe,
+                        )
+                        for stack in stacks
+                    }
+                    idle = {name: probe.result() for name, probe in probes.items()}
         finally:
             for stack in stacks:
                 stack.stop()
@@ -827,6 +951,7 @@ def main() -> None:
                     "idle": pss_idle[stack.name],
                     "after_load": pss_after[stack.name],
                     "after_each_round": pss_rounds[stack.name],
+                    "after_each_round_by_process": pss_split[stack.name],
                     # Growth from the first round (warm) to the last, MiB.
                     "growth_after_first_round": round(
                         pss_rounds[stack.name][-1] - pss_rounds[stack.name][0], 1
@@ -836,6 +961,11 @@ def main() -> None:
             },
             **({"cfssl": {"after_load": pss_after["cfssl"]}} if "cfssl" in pss_after else {}),
         },
+        **(
+            {"idle_connection_closed_after_seconds": {"limit": args.idle_probe, **idle}}
+            if args.idle_probe
+            else {}
+        ),
         "cfssl_sign": summarise(rounds["cfssl_sign"]),
         "cfssl_get_scaninfo": summarise(rounds["cfssl_get"]),
         "ratios_vs_cfssl": (
