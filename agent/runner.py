@@ -28,6 +28,7 @@ from idmint.agent.state import Store
 from idmint.agent.workload_api import WorkloadAPI, WorkloadAttestor, add_to_server
 from idmint.attestation.systemd import SystemdAttestor
 from idmint.attestation.unix import UnixAttestor
+from idmint.signals import SignalFlag
 
 log = logging.getLogger("idmint.agent")
 DEFAULT_SOCKET = "/run/idmint/agent.sock"
@@ -88,9 +89,8 @@ class Agent:
             self._health.shutdown()
 
     def run_until_signalled(self) -> None:
-        done = threading.Event()
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, lambda *_: done.set())
+        done = SignalFlag()
+        done.set_on(signal.SIGTERM, signal.SIGINT)
         self.start()
         while not done.wait(1.0):
             thread = self.manager._thread

@@ -16,7 +16,6 @@ import logging.handlers
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +31,7 @@ if TYPE_CHECKING:  # at run time imported where used: --help stays light
     from idmint.ca.storage.db import Database
 from idmint.cli.options import Duration, data_dir_option
 from idmint.cli.output import emit_json, emit_table, output_option
+from idmint.signals import SignalFlag, Stopping
 
 
 class Since(click.ParamType):
@@ -289,7 +289,7 @@ def syslog_handler(address: str) -> logging.Handler:
 
 
 def _follow(
-    database: Database, after_seq: int, interval: float, stop: threading.Event, **filters: Any
+    database: Database, after_seq: int, interval: float, stop: Stopping, **filters: Any
 ) -> Iterator[LoggedEvent]:
     """Events after ``after_seq``, then new ones as they come, until ``stop`` is set."""
     from idmint.ca.storage import audit as audit_log
@@ -337,7 +337,7 @@ def export(
     """
     from idmint.ca.authority.checkpoints import AuditSettings
 
-    stop = threading.Event()
+    stop = SignalFlag()
     filters: dict[str, Any] = {"since": since, "action": action, "subject": subject}
     with data_directory(data_dir) as (config, database):
         logger: logging.Logger | None = None
@@ -349,8 +349,7 @@ def export(
             logger.addHandler(syslog_handler(address or "/dev/log"))
         previous = {}
         if follow:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, lambda *_: stop.set())
+            previous = stop.set_on(signal.SIGINT, signal.SIGTERM)
         try:
             if follow:
                 events: Any = _follow(database, 0, interval.total_seconds(), stop, **filters)

@@ -65,6 +65,7 @@ from idmint.ca.storage.models import CredentialKind
 from idmint.ca.storage.recorder import Issuance, commit_issuances, refusal
 from idmint.ca.storage.spends import Spend
 from idmint.errors import IdmintError
+from idmint.signals import SignalFlag, Stopping
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class WriterServer:
         self._selector.register(listener, selectors.EVENT_READ, None)
         return listener
 
-    def serve(self, stop: threading.Event, parent: int | None = None) -> None:
+    def serve(self, stop: Stopping, parent: int | None = None) -> None:
         """Serve until ``stop`` is set or, when ``parent`` is given, that process is gone.
 
         Watching the parent is what gunicorn's workers do too: a server
@@ -560,9 +561,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, help="stop when this process is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[idmint-writer %(process)d] %(message)s")
-    stop = threading.Event()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: stop.set())
+    stop = SignalFlag()
+    stop.set_on(signal.SIGTERM, signal.SIGINT)
     config = load(args.data_dir)
     database = Database(config.database_url, timeout=config.database_timeout)
     try:
@@ -572,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         database.close()
 
 
-def take_turn(path: Path, stop: threading.Event, parent: int | None) -> bool:
+def take_turn(path: Path, stop: Stopping, parent: int | None) -> bool:
     """Wait to be the one writer: an flock on ``path``, released when its holder dies.
 
     The server keeps a standby writer started (interpreter up, modules
