@@ -20,8 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idmint.attestation.base import AttestationFailed, EvidenceReplayed
 from idmint.attestation.join_token import new_token, token_hash
-from idmint.ca.errors import JoinTokenNotFound
-from idmint.ca.issuance.entries import InvalidEntry
+from idmint.ca.errors import InvalidEntry, JoinTokenNotFound
 from idmint.ca.spiffe_id import SpiffeID, TrustDomain
 from idmint.ca.storage import audit
 from idmint.ca.storage.db import Database, driver_sql, time_binder
