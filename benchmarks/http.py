@@ -359,6 +359,20 @@ def cpu_by_role(
     return {role: round(s * 1000 / max(1, ok), 3) for role, s in sorted(spent.items())}
 
 
+def _pss_kib(pid: int) -> dict[str, int]:
+    """A process's PSS lines from smaps_rollup (``Pss``, ``Pss_Anon``, ...) in KiB; {} if gone."""
+    found: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                name, _, rest = line.partition(":")
+                if name.startswith("Pss"):
+                    found[name] = int(rest.split()[0])
+    except OSError:
+        pass
+    return found
+
+
 def pss_by_role(roles: dict[int, str]) -> dict[str, dict[str, float]]:
     """PSS in MiB by process role, split into anonymous, file-backed and shared memory.
 
@@ -366,16 +380,11 @@ def pss_by_role(roles: dict[int, str]) -> dict[str, dict[str, float]]:
     """
     split: dict[str, dict[str, float]] = {}
     for pid, role in roles.items():
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as rollup:
-                for line in rollup:
-                    name, _, rest = line.partition(":")
-                    if name in ("Pss_Anon", "Pss_File", "Pss_Shmem"):
-                        kind = name.removeprefix("Pss_").lower()
-                        mine = split.setdefault(role, {})
-                        mine[kind] = mine.get(kind, 0.0) + int(rest.split()[0]) / 1024
-        except OSError:
-            continue
+        mine = split.setdefault(role, {})
+        for name, kib in _pss_kib(pid).items():
+            if name in ("Pss_Anon", "Pss_File", "Pss_Shmem"):
+                kind = name.removeprefix("Pss_").lower()
+                mine[kind] = mine.get(kind, 0.0) + kib / 1024
     return {
         r: {k: round(v, 1) for k, v in sorted(kinds.items())} for r, kinds in sorted(split.items())
     }
@@ -383,16 +392,7 @@ def pss_by_role(roles: dict[int, str]) -> dict[str, dict[str, float]]:
 
 def tree_pss_mib(roots: list[int]) -> float:
     """Proportional set size of ``roots`` and their descendants (shared pages split)."""
-    total = 0
-    for pid in _tree(roots)[0]:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as rollup:
-                for line in rollup:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return round(total / 1024, 1)
+    return round(sum(_pss_kib(pid).get("Pss", 0) for pid in _tree(roots)[0]) / 1024, 1)
 
 
 def _pem(key: Any) -> bytes:

@@ -55,4 +55,4 @@ class SignalFlag:
         return {number: signal.signal(number, self._handle) for number in signals}
 
     def _handle(self, _number: int, _frame: Any) -> None:
-        self._set = True
+        self.set()
